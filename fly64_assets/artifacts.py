@@ -1,0 +1,112 @@
+"""Writing outputs so they appear whole or not at all, and only inside the artifact root."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+PARTIAL_SUFFIX = ".partial"
+"""Temporary files end so; a reader never mistakes one for an output."""
+
+
+def inside_root(root: Path, path: Path) -> Path:
+    """``path`` resolved, refusing anything that escapes ``root`` (e.g. through ``..``)."""
+    resolved_root = Path(root).resolve()
+    resolved = Path(path).resolve()
+    if not resolved.is_relative_to(resolved_root):
+        raise ValueError(f"refusing to write {path}: it is outside the artifact root {resolved_root}")
+    return resolved
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a hidden temporary file beside ``path``; on success it replaces ``path`` in one rename.
+
+    On any exception the temporary file is removed, so readers only ever see the old file or the new
+    whole file. The file is fsynced before the rename so a crash cannot leave an empty new file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Atomically write an uncompressed NPZ (plain arrays only: nothing that needs pickle to read)."""
+    with atomic_file(path) as handle:
+        np.savez(handle, allow_pickle=False, **arrays)
+
+
+def write_json(path: Path, document: Any) -> None:
+    with atomic_file(path, "w") as handle:
+        json.dump(document, handle, indent=2, sort_keys=False)
+        handle.write("\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_file(path, "w") as handle:
+        handle.write(text)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_file(path) as handle:
+        handle.write(data)
+
+
+@contextlib.contextmanager
+def captured_log(path: Path, logger_names: tuple[str, ...]) -> Iterator[logging.Logger]:
+    """Collect the named loggers' records into ``path``, which appears (whole) when the block ends.
+
+    The log is published whatever the outcome, since a failed job's log is where its cause is read.
+    Yields a logger whose lines go only to this file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        handler = logging.StreamHandler(handle)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        job_logger = logging.getLogger(f"fly64.job.{id(handler)}")
+        job_logger.propagate = False
+        watched = [logging.getLogger(name) for name in logger_names] + [job_logger]
+        saved_levels = [logger.level for logger in watched]
+        for logger in watched:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+        try:
+            yield job_logger
+        except BaseException as error:
+            job_logger.exception("job failed: %s", error)
+            raise
+        finally:
+            for logger, level in zip(watched, saved_levels):
+                logger.removeHandler(handler)
+                logger.setLevel(level)
+            handle.flush()
+            os.fsync(handle.fileno())
+            os.replace(tmp_name, path)
+
+
+def remove_stale_partials(folder: Path) -> list[Path]:
+    """Delete temporary files left by a process that was killed mid-write; returns what was removed."""
+    stale = sorted(Path(folder).glob(f".*{PARTIAL_SUFFIX}")) if Path(folder).is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

@@ -1,0 +1,215 @@
+"""The ``fly64`` command: simulate, check, plan (dry run), run (through Dagster) and the whole study.
+
+It keeps the old study script's command line (``--phase-c-root --phase-d-root --artifact-root``,
+``--dose --view --split`` filters, ``--allow-missing-phase-d``) so users' scripts keep working.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from fly64_assets import bookkeeping
+from fly64_assets.artifacts import write_json
+from fly64_assets.contract import check_file
+from fly64_assets.resources import StudyPaths, default_data_dir, synthetic_root
+from fly64_assets.study import ALL_JOBS, DOSES, SIMULATION_SEED, SPLITS, VIEWS, Job, select_jobs
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A problem with the command line or configuration: printed as one clear message, exit 2."""
+
+
+def _add_roots(parser: argparse.ArgumentParser, artifacts: bool = True) -> None:
+    defaults = StudyPaths.from_env()
+    parser.add_argument("--phase-c-root", default=defaults.phase_c_root, help="Phase C root (env FLY64_PHASE_C_ROOT)")
+    parser.add_argument("--phase-d-root", default=defaults.phase_d_root, help="Phase D root (env FLY64_PHASE_D_ROOT)")
+    if artifacts:
+        parser.add_argument("--artifact-root", default=defaults.artifact_root, help="outputs (env FLY64_ARTIFACT_ROOT)")
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dose", type=int, action="append", default=[], help=f"repeatable; one of {list(DOSES)}")
+    parser.add_argument("--view", action="append", default=[], help=f"repeatable; one of {list(VIEWS)}")
+    parser.add_argument("--split", action="append", default=[], help=f"repeatable; one of {list(SPLITS)}")
+    parser.add_argument(
+        "--allow-missing-phase-d",
+        action="store_true",
+        help="record a missing Phase D view as a skip (missing_jobs) instead of stopping",
+    )
+
+
+def _add_reconstruction(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epochs", type=int, default=100, help="LSQML epochs (default 100)")
+    parser.add_argument("--batch-size", type=int, default=96, help="LSQML batch size (default 96)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:<index> (default auto)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fly64", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    simulate = commands.add_parser("simulate", help="write the synthetic Phase C/D tree")
+    simulate.add_argument("out", type=Path, help="output folder (gets phase_c/ and phase_d/)")
+    simulate.add_argument("--scale", choices=["demo", "full"], default="demo")
+    simulate.add_argument("--seed", type=int, default=SIMULATION_SEED)
+
+    check = commands.add_parser("check", help="DATA-001 on every expected input file")
+    _add_roots(check, artifacts=False)
+    check.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+
+    plan = commands.add_parser("plan", help="dry run: write the manifest and skip summary, reconstruct nothing")
+    _add_roots(plan)
+    _add_filters(plan)
+
+    run = commands.add_parser("run", help="reconstruct the selected partitions through Dagster")
+    _add_roots(run)
+    _add_filters(run)
+    _add_reconstruction(run)
+
+    study = commands.add_parser("study", help="the whole default study: simulate if absent, run all, summarize")
+    _add_reconstruction(study)
+    study.add_argument("--scale", choices=["demo", "full"], default="demo")
+    return parser
+
+
+def _paths(args) -> StudyPaths:
+    paths = StudyPaths(
+        phase_c_root=str(Path(args.phase_c_root).resolve()),
+        phase_d_root=str(Path(args.phase_d_root).resolve()),
+        artifact_root=str(Path(args.artifact_root).resolve()),
+    )
+    errors = paths.configuration_errors()
+    if errors:
+        raise UsageError("\n".join(errors))
+    return paths
+
+
+def _plan(args, paths: StudyPaths) -> bookkeeping.StudyPlan:
+    """The selected jobs and their inputs; stops before any work on an unexpected missing input."""
+    try:
+        selected = select_jobs(args.dose, args.view, args.split)
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    filters = {"dose": args.dose, "view": args.view, "split": args.split}
+    plan = bookkeeping.plan_study(selected, paths.input_path, filters)
+    not_allowed = [job for job in plan.missing if not (job.is_phase_d and args.allow_missing_phase_d)]
+    if not_allowed:
+        listing = "\n".join(f"  {job.partition_key}: {paths.input_path(job)}" for job in not_allowed)
+        hint = "" if all(not job.is_phase_d for job in not_allowed) else "\n(use --allow-missing-phase-d to record missing Phase D views as skips)"
+        raise UsageError(f"missing input files, nothing was run:\n{listing}{hint}")
+    return plan
+
+
+def _write_reports(paths: StudyPaths, manifest: dict) -> None:
+    write_json(paths.artifact_file("reconstruction_manifest.json"), manifest)
+    write_json(paths.artifact_file("skip_summary.json"), bookkeeping.build_skip_summary(manifest))
+
+
+def cmd_simulate(args) -> int:
+    from fly64_assets.synthetic import simulate_study
+
+    started = time.perf_counter()
+    summary = simulate_study(args.out, scale=args.scale, seed=args.seed)
+    print(json.dumps(summary, indent=2, default=str))
+    print(f"synthetic {args.scale} study written to {args.out} in {time.perf_counter() - started:.1f} s")
+    return EXIT_OK
+
+
+def check_inputs(paths: StudyPaths) -> list[dict]:
+    """DATA-001 on each of the 18 expected files: ok, invalid (with violations) or missing."""
+    entries = []
+    for job in ALL_JOBS:
+        path = paths.input_path(job)
+        violations = [] if not path.exists() else [str(v) for v in check_file(path)]
+        status = "missing" if not path.exists() else ("invalid" if violations else "ok")
+        entries.append({**job.as_record(), "path": str(path), "status": status, "violations": violations})
+    return entries
+
+
+def cmd_check(args) -> int:
+    paths = StudyPaths(phase_c_root=args.phase_c_root, phase_d_root=args.phase_d_root, artifact_root=".")
+    entries = check_inputs(paths)
+    if args.json:
+        print(json.dumps(entries, indent=2))
+    else:
+        for entry in entries:
+            print(f"{entry['status']:8} {Job(entry['dose'], entry['view'], entry['split']).partition_key:18} {entry['path']}")
+            for violation in entry["violations"]:
+                print(f"         {violation}")
+    return EXIT_FAILED if any(entry["status"] == "invalid" for entry in entries) else EXIT_OK
+
+
+def cmd_plan(args) -> int:
+    paths = _paths(args)
+    plan = _plan(args, paths)
+    manifest = bookkeeping.build_manifest(plan, {}, paths.input_path, Path(paths.artifact_root), dry_run=True)
+    _write_reports(paths, manifest)
+    print(f"dry run: {len(plan.runnable)} job(s) to reconstruct, {len(plan.missing)} missing input(s), "
+          f"{len(ALL_JOBS) - len(plan.selected)} outside the filters")
+    print(f"wrote {paths.artifact_file('reconstruction_manifest.json')} and {paths.artifact_file('skip_summary.json')}")
+    return EXIT_OK
+
+
+def ensure_dagster_home() -> Path:
+    """Use $DAGSTER_HOME, else the study's own instance folder (the one ``make ui`` uses)."""
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(default_data_dir() / "dagster_home")))
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def cmd_run(args) -> int:
+    from fly64_assets.execution import run_study
+
+    paths = _paths(args)
+    plan = _plan(args, paths)
+    ensure_dagster_home()
+    config = {"epochs": args.epochs, "batch_size": args.batch_size, "device": args.device}
+    manifest = run_study(paths, plan, config, progress=print)
+    _write_reports(paths, manifest)
+    results = manifest["execution_results"]
+    failed = [r for r in results if r["status"] != bookkeeping.RECONSTRUCTED]
+    print(f"{len(results) - len(failed)} of {len(results)} reconstruction(s) succeeded, "
+          f"{len(manifest['missing_jobs'])} missing input(s) recorded as skips")
+    print(f"manifest: {paths.artifact_file('reconstruction_manifest.json')}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_study(args) -> int:
+    """The README's study command: the whole default study on the synthetic tree."""
+    started = time.perf_counter()
+    root = synthetic_root()
+    if not (root / "phase_c").is_dir():
+        print(f"simulating the synthetic {args.scale} study into {root}")
+        cmd_simulate(argparse.Namespace(out=root, scale=args.scale, seed=SIMULATION_SEED))
+    defaults = StudyPaths.from_env()
+    run_args = argparse.Namespace(
+        phase_c_root=defaults.phase_c_root, phase_d_root=defaults.phase_d_root, artifact_root=defaults.artifact_root,
+        dose=[], view=[], split=[], allow_missing_phase_d=True,
+        epochs=args.epochs, batch_size=args.batch_size, device=args.device,
+    )
+    code = cmd_run(run_args)
+    print(f"study finished in {time.perf_counter() - started:.0f} s; results under {defaults.artifact_root}")
+    return code
+
+
+COMMANDS = {"simulate": cmd_simulate, "check": cmd_check, "plan": cmd_plan, "run": cmd_run, "study": cmd_study}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as error:
+        print(f"fly64 {args.command}: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

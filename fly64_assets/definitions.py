@@ -1,0 +1,53 @@
+"""The code location: the one ``Definitions`` object that ``dagster dev`` and the CLI load."""
+
+from __future__ import annotations
+
+from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
+
+from fly64_assets.defs.reconstruction import ptychi_reconstruction
+from fly64_assets.defs.sources import phase_c_patched, phase_c_patched_data001, phase_d_overlap, phase_d_overlap_data001
+from fly64_assets.defs.summaries import reconstruction_manifest, skip_summary
+from fly64_assets.io_manager import JsonIOManager
+from fly64_assets.resources import StudyPaths
+
+RECONSTRUCT_JOB = "reconstruct_study"
+SUMMARIZE_JOB = "summarize_study"
+
+reconstruct_study = define_asset_job(
+    RECONSTRUCT_JOB,
+    selection=AssetSelection.assets(ptychi_reconstruction),
+    description="Reconstruct one study partition (launch a backfill for all 18).",
+)
+summarize_study = define_asset_job(
+    SUMMARIZE_JOB,
+    selection=AssetSelection.assets(reconstruction_manifest, skip_summary),
+    description="Write the reconstruction manifest and the skip summary over all partitions.",
+)
+check_phase_c_inputs = define_asset_job(
+    "check_phase_c_inputs",
+    selection=AssetSelection.checks(phase_c_patched_data001),
+    description="DATA-001 on the Phase C files.",
+)
+check_phase_d_inputs = define_asset_job(
+    "check_phase_d_inputs",
+    selection=AssetSelection.checks(phase_d_overlap_data001),
+    description="DATA-001 on the Phase D files.",
+)
+
+
+def build_definitions(study_paths: StudyPaths) -> Definitions:
+    """The study's definitions for the given roots (tests build their own on temporary folders)."""
+    return Definitions(
+        assets=[phase_c_patched, phase_d_overlap, ptychi_reconstruction, reconstruction_manifest, skip_summary],
+        asset_checks=[phase_c_patched_data001, phase_d_overlap_data001],
+        jobs=[reconstruct_study, summarize_study, check_phase_c_inputs, check_phase_d_inputs],
+        resources={
+            "study_paths": study_paths,
+            "io_manager": JsonIOManager(base_dir=str(study_paths.artifact_file(".values"))),
+        },
+        # One step per run: executing it in the run's own process avoids re-importing torch per step.
+        executor=in_process_executor,
+    )
+
+
+defs = build_definitions(StudyPaths.from_env())

@@ -1,0 +1,106 @@
+"""Study-wide bookkeeping over all 18 partitions: the reconstruction manifest and the skip summary."""
+
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    AssetPartitionStatus,
+    Config,
+    MetadataValue,
+    Output,
+    TableColumn,
+    TableRecord,
+    TableSchema,
+    asset,
+)
+from pydantic import Field
+
+from fly64_assets.artifacts import write_json
+from fly64_assets.bookkeeping import FAILED, build_manifest, build_skip_summary, plan_study
+from fly64_assets.resources import StudyPaths
+from fly64_assets.study import STUDY_PARTITIONS, Job, select_jobs
+
+MANIFEST_FILE = "reconstruction_manifest.json"
+SKIP_SUMMARY_FILE = "skip_summary.json"
+SUMMARIES_GROUP = "summaries"
+
+
+class StudyFilter(Config):
+    """Restrict the manifest to some jobs (empty: all); jobs outside count as skipped, as in the old script."""
+
+    dose: list[int] = Field(default=[], description="Doses to include, e.g. [1000].")
+    view: list[str] = Field(default=[], description="Views to include: baseline, dense, sparse.")
+    split: list[str] = Field(default=[], description="Splits to include: train, test.")
+
+    def as_dict(self) -> dict[str, list]:
+        return {"dose": list(self.dose), "view": list(self.view), "split": list(self.split)}
+
+
+def records_table(records: list[dict], columns: list[str]) -> MetadataValue:
+    """A UI table of the given columns (values shown as plain text, numbers or booleans)."""
+
+    def cell(value):
+        return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
+
+    return MetadataValue.table(
+        records=[TableRecord({column: cell(record.get(column)) for column in columns}) for record in records],
+        schema=TableSchema(columns=[TableColumn(column) for column in columns]),
+    )
+
+
+def latest_failures(context: AssetExecutionContext, jobs: list[Job]) -> set[Job]:
+    """Jobs whose latest reconstruction attempt failed (the instance knows; the stored values do not)."""
+    statuses = context.instance.get_status_by_partition(
+        AssetKey("ptychi_reconstruction"), [job.partition_key for job in jobs], STUDY_PARTITIONS
+    )
+    return {Job.from_partition_key(key) for key, status in (statuses or {}).items() if status == AssetPartitionStatus.FAILED}
+
+
+@asset(
+    ins={"ptychi_reconstruction": AssetIn(metadata={"allow_missing_partitions": True})},
+    group_name=SUMMARIES_GROUP,
+    description="reconstruction_manifest.json: planned jobs, each execution's result, and the missing inputs.",
+)
+def reconstruction_manifest(
+    context: AssetExecutionContext, config: StudyFilter, study_paths: StudyPaths, ptychi_reconstruction: dict
+) -> Output[dict]:
+    plan = plan_study(select_jobs(config.dose, config.view, config.split), study_paths.input_path, config.as_dict())
+    outcomes = {Job.from_partition_key(key): record for key, record in ptychi_reconstruction.items()}
+    for job in latest_failures(context, plan.runnable):
+        outcomes[job] = {"status": FAILED, "error": "the latest run of this partition failed: see its log_path"}
+    manifest = build_manifest(plan, outcomes, study_paths.input_path, study_paths.artifact_root)
+    path = study_paths.artifact_file(MANIFEST_FILE)
+    write_json(path, manifest)
+    results = manifest["execution_results"]
+    return Output(
+        manifest,
+        metadata={
+            "path": MetadataValue.path(str(path)),
+            "total_jobs": manifest["total_jobs"],
+            "filtered_jobs": manifest["filtered_jobs"],
+            "succeeded": sum(1 for r in results if r["status"] == "succeeded"),
+            "failed_or_not_run": sum(1 for r in results if r["status"] != "succeeded"),
+            "missing": len(manifest["missing_jobs"]),
+            "execution_results": records_table(
+                results,
+                ["dose", "view", "split", "status", "n_patterns", "wall_time_s", "device", "final_loss", "acceptance_rate", "n_accepted"],
+            ),
+            "missing_jobs": records_table(manifest["missing_jobs"], ["dose", "view", "split", "reason"]),
+        },
+    )
+
+
+@asset(group_name=SUMMARIES_GROUP, description="skip_summary.json: every job not reconstructed by design, with its reason.")
+def skip_summary(study_paths: StudyPaths, reconstruction_manifest: dict) -> Output[dict]:
+    summary = build_skip_summary(reconstruction_manifest)
+    path = study_paths.artifact_file(SKIP_SUMMARY_FILE)
+    write_json(path, summary)
+    return Output(
+        summary,
+        metadata={
+            "path": MetadataValue.path(str(path)),
+            "skipped_count": summary["skipped_count"],
+            "missing_phase_d_count": summary["missing_phase_d_count"],
+            "skipped_jobs": records_table(summary["skipped_jobs"], ["dose", "view", "split", "reason"]),
+        },
+    )

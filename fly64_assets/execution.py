@@ -1,0 +1,55 @@
+"""Running the study through Dagster from a script: the same jobs, the same instance as the UI."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from dagster import DagsterInstance
+
+from fly64_assets.bookkeeping import StudyPlan
+from fly64_assets.definitions import RECONSTRUCT_JOB, SUMMARIZE_JOB, build_definitions
+from fly64_assets.resources import StudyPaths
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+"""Keep Dagster's per-event console lines out of the command's output; the UI has them all."""
+
+
+def _failure_message(result) -> str:
+    failures = [event.step_failure_data.error for event in result.get_step_failure_events()]
+    messages = [error.message.strip() for error in failures if error is not None]
+    return messages[0] if messages else "the run failed"
+
+
+def run_study(
+    paths: StudyPaths,
+    plan: StudyPlan,
+    reconstruction_config: dict,
+    progress: Callable[[str], None] = print,
+    instance: DagsterInstance | None = None,
+) -> dict:
+    """Reconstruct every selected partition (a run each, in this process), then materialize the manifest
+    and the skip summary for the same selection; returns the manifest.
+
+    Partitions whose input is missing run too: they finish at once as recorded skips, so the UI shows them.
+    """
+    instance = instance or DagsterInstance.get()
+    defs = build_definitions(paths)
+    reconstruct = defs.resolve_job_def(RECONSTRUCT_JOB)
+    run_config = {**QUIET, "ops": {"ptychi_reconstruction": {"config": reconstruction_config}}}
+    for index, job in enumerate(plan.selected, start=1):
+        started = time.perf_counter()
+        result = reconstruct.execute_in_process(
+            partition_key=job.partition_key, instance=instance, run_config=run_config, raise_on_error=False
+        )
+        if job in plan.missing:
+            outcome = "skipped (input missing)"
+        elif result.success:
+            outcome = "reconstructed"
+        else:
+            outcome = f"FAILED: {_failure_message(result)}"
+        progress(f"[{index}/{len(plan.selected)}] {job.partition_key}: {outcome} in {time.perf_counter() - started:.1f} s")
+    summary = defs.resolve_job_def(SUMMARIZE_JOB).execute_in_process(
+        instance=instance, run_config={**QUIET, "ops": {"reconstruction_manifest": {"config": plan.filters}}}
+    )
+    return summary.output_for_node("reconstruction_manifest")

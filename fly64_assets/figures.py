@@ -1,0 +1,41 @@
+"""Pictures of reconstructions, rendered off-screen to PNG bytes (matplotlib's Agg backend)."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def png_bytes(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def markdown_image(png: bytes, alt: str) -> str:
+    """Inline Markdown image (data URI), so the Dagster UI shows it without serving files."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
+
+
+def reconstruction_preview(obj: np.ndarray, probe: np.ndarray, title: str) -> bytes:
+    """Object amplitude and phase, and probe amplitude, side by side."""
+    figure, axes = plt.subplots(1, 3, figsize=(10, 3.4))
+    panels = (
+        (np.abs(obj), "object amplitude", "gray"),
+        (np.angle(obj), "object phase (rad)", "twilight"),
+        (np.abs(probe.reshape(-1, *probe.shape[-2:])[0]), "probe amplitude", "magma"),
+    )
+    for axis, (image, label, cmap) in zip(axes, panels):
+        shown = axis.imshow(image, cmap=cmap)
+        axis.set_title(label)
+        axis.set_axis_off()
+        figure.colorbar(shown, ax=axis, fraction=0.046)
+    figure.suptitle(title)
+    return png_bytes(figure)

@@ -1,0 +1,217 @@
+"""One pty-chi LSQML reconstruction: arrays in, result out (no Dagster here).
+
+The physics follows the study spec: pty-chi is given intensities (amplitudes squared, DC centred),
+probe-centre positions zero-centred on their mean, the file's probe as the starting probe and an
+object of ones (never ``objectGuess``, which is the ground truth in this study).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, float], None]
+"""Called after every epoch with (epoch number from 1, loss); raising from it stops the run."""
+
+
+class DeviceUnavailableError(RuntimeError):
+    """The requested torch device does not exist on this machine."""
+
+
+@dataclass(frozen=True)
+class LSQMLSettings:
+    """The reconstruction options; the defaults are the study's (spec: LSQML, 100 epochs, batch 96)."""
+
+    epochs: int = 100
+    """Number of LSQML epochs (full passes over the patterns)."""
+
+    batch_size: int = 96
+    """Patterns per LSQML mini-batch; larger is faster per epoch on a GPU but changes convergence."""
+
+    noise_model: Literal["gaussian", "poisson"] = "gaussian"
+    """Likelihood used by LSQML."""
+
+    optimize_object: bool = True
+    """Update the object."""
+
+    optimize_probe: bool = True
+    """Update the probe (started from the file's ``probeGuess``)."""
+
+    optimize_positions: bool = False
+    """Refine the scan positions (off: the synthetic positions are exact)."""
+
+    device: str = "auto"
+    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:<index>``."""
+
+    random_seed: int | None = 0
+    """Seed of pty-chi's random mini-batching, so a rerun reproduces the result."""
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.noise_model not in ("gaussian", "poisson"):
+            raise ValueError(f"noise_model must be 'gaussian' or 'poisson', got {self.noise_model!r}")
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ReconstructionResult:
+    """What one reconstruction produced."""
+
+    object: np.ndarray
+    """Reconstructed object, complex64 (H, W)."""
+    probe: np.ndarray
+    """Reconstructed probe, complex64 (modes, h, w)."""
+    loss_per_epoch: np.ndarray
+    """pty-chi's displayed loss after each epoch, float64 (epochs,)."""
+    wall_time_s: float
+    """Wall time of building the task and running every epoch."""
+    device: str
+    """The torch device it ran on, e.g. ``cpu`` or ``cuda:0``."""
+    n_patterns: int
+    settings: LSQMLSettings
+    object_origin_yx: tuple[float, float]
+    """Where pixel [0, 0] of ``object`` lies in the input frame (``objectGuess`` pixels)."""
+
+
+def balanced_batch_size(n_patterns: int, batch_size: int) -> int:
+    """The batch size giving as many mini-batches as ``batch_size`` does, but of equal sizes.
+
+    pty-chi's loader leaves the remainder as a last batch: 98 patterns at 96 gives batches of 96 and
+    2, and the 2-pattern update is noisy. Keeping the count and evening the sizes (49 + 49) keeps the
+    spec's cost per epoch and removes that noise.
+    """
+    n_batches = max(1, math.ceil(n_patterns / batch_size))
+    return math.ceil(n_patterns / n_batches)
+
+
+def resolve_device(requested: str) -> torch.device:
+    """Turn ``auto``/``cpu``/``cuda``/``cuda:i`` into a device that exists, or raise DeviceUnavailableError."""
+    if requested == "auto":
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError as error:
+        raise DeviceUnavailableError(f"unknown device {requested!r}: use auto, cpu, cuda or cuda:<index>") from error
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise DeviceUnavailableError(f"unsupported device {requested!r}: use auto, cpu, cuda or cuda:<index>")
+    if not torch.cuda.is_available():
+        raise DeviceUnavailableError(f"device {requested!r} was requested but this machine has no CUDA GPU")
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if index >= torch.cuda.device_count():
+        raise DeviceUnavailableError(
+            f"device {requested!r} was requested but only {torch.cuda.device_count()} CUDA GPU(s) are visible"
+        )
+    return torch.device("cuda", index)
+
+
+@contextlib.contextmanager
+def _isolated_torch_defaults(device: torch.device) -> Iterator[None]:
+    """pty-chi sets torch's process-wide default device and dtypes; restore them afterwards."""
+    import ptychi.utils
+
+    saved_device = torch.get_default_device()
+    saved_dtype = torch.get_default_dtype()
+    saved_complex = ptychi.utils.get_default_complex_dtype()
+    cuda_context = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    try:
+        with cuda_context:
+            yield
+    finally:
+        torch.set_default_device(saved_device)
+        torch.set_default_dtype(saved_dtype)
+        ptychi.utils.set_default_complex_dtype(saved_complex)
+
+
+def _build_options(settings: LSQMLSettings, device: torch.device, batch_size: int):
+    import ptychi.api as api
+
+    options = api.LSQMLOptions()
+    options.data_options.fft_shift = True  # the files hold DC-centred patterns
+    recon = options.reconstructor_options
+    recon.num_epochs = settings.epochs
+    recon.batch_size = batch_size
+    recon.noise_model = api.NoiseModels(settings.noise_model)
+    recon.default_device = api.Devices.GPU if device.type == "cuda" else api.Devices.CPU
+    recon.random_seed = settings.random_seed
+    options.object_options.optimizable = settings.optimize_object
+    options.probe_options.optimizable = settings.optimize_probe
+    options.probe_position_options.optimizable = settings.optimize_positions
+    return options
+
+
+def reconstruct(
+    diffraction_amplitude: np.ndarray,
+    probe_guess: np.ndarray,
+    ycoords: np.ndarray,
+    xcoords: np.ndarray,
+    settings: LSQMLSettings = LSQMLSettings(),
+    on_epoch: EpochCallback | None = None,
+) -> ReconstructionResult:
+    """Reconstruct one dataset with pty-chi LSQML, epoch by epoch.
+
+    ``diffraction_amplitude`` is (n, H, W) amplitude as stored in DATA-001 files; positions are probe
+    centres in ``objectGuess`` pixels. Raises DeviceUnavailableError before any work if the device is absent.
+    """
+    from ptychi.api.task import PtychographyTask
+    from ptychi.utils import get_suggested_object_size
+
+    device = resolve_device(settings.device)
+    intensities = np.square(np.asarray(diffraction_amplitude, dtype=np.float32))
+    mean_yx = (float(np.mean(ycoords)), float(np.mean(xcoords)))
+    positions = np.stack([np.asarray(ycoords, float) - mean_yx[0], np.asarray(xcoords, float) - mean_yx[1]], axis=1)
+    # The object buffer is centred on the origin of the positions; the mean need not be the mid-point
+    # of the scan, so pad by the offset on both sides to keep every probe window inside the buffer.
+    skew = np.abs(positions.max(axis=0) + positions.min(axis=0)).max()
+    object_shape = get_suggested_object_size(positions, probe_guess.shape[-2:], extra=int(np.ceil(skew)) + 2)
+    probe = np.asarray(probe_guess, dtype=np.complex64).reshape(1, 1, *probe_guess.shape[-2:])
+
+    losses: list[float] = []
+    start = time.perf_counter()
+    with _isolated_torch_defaults(device):
+        task = PtychographyTask(
+            _build_options(settings, device, balanced_batch_size(len(intensities), settings.batch_size)),
+            diffraction_data=intensities,
+            object_data=np.ones((1, *object_shape), dtype=np.complex64),
+            probe_data=probe,
+            probe_position_x_px=positions[:, 1],
+            probe_position_y_px=positions[:, 0],
+        )
+        for epoch in range(1, settings.epochs + 1):
+            task.run(1)
+            losses.append(float(task.reconstructor.loss_tracker.table["loss"].iloc[-1]))
+            if on_epoch is not None:
+                on_epoch(epoch, losses[-1])
+        obj = task.get_data_to_cpu("object", as_numpy=True)[0].astype(np.complex64)
+        probe_out = task.get_data_to_cpu("probe", as_numpy=True)[0].astype(np.complex64)
+        origin = task.object.pos_origin_coords.detach().cpu().numpy()
+        ran_on = str(task.object.data.device)
+        del task
+    wall = time.perf_counter() - start
+    return ReconstructionResult(
+        object=obj,
+        probe=probe_out,
+        loss_per_epoch=np.asarray(losses, dtype=np.float64),
+        wall_time_s=wall,
+        device=ran_on,
+        n_patterns=int(intensities.shape[0]),
+        settings=settings,
+        object_origin_yx=(mean_yx[0] - float(origin[0]), mean_yx[1] - float(origin[1])),
+    )

@@ -1,0 +1,364 @@
+"""The embedded default dataset: a simulated fly64-like dose/overlap study in the spec's file layout.
+
+One object (the ground truth) is scanned by one focused probe on a jittered raster; the far-field
+patterns are simulated with pty-chi's own forward model, scaled to each dose and Poisson-sampled.
+Phase C holds every position of a split; Phase D thins them with the greedy minimum-spacing selection
+and, like the real study, writes no file for a view whose acceptance is under the guard.
+
+Conventions, read from pty-chi 2.2.0 (``forward_models.py``, ``propagate.py``, ``io_handles.py``,
+``image_proc.py``, ``data_structures/object.py``), so that a reconstruction started from
+``probeGuess`` fits the data on their own scale:
+
+- Far field: ``FourierPropagator()`` is built with ``norm=None``, i.e. an unnormalised forward
+  ``torch.fft.fft2`` ("backward" norm), and the predicted intensity is ``|fft2(probe * patch)|**2``
+  with DC in the corner. By Parseval the counts of a pattern sum to ``N * sum |probe * patch|**2``
+  with ``N = 64 * 64``.
+- Shift: with the default ``data_options.fft_shift=True`` pty-chi applies ``fftshift`` to the
+  measured patterns, so files hold them DC-centred: ``fftshift(|fft2(...)|**2)`` (64 is even, so
+  ``fftshift`` and ``ifftshift`` agree).
+- Positions: pty-chi takes probe centres ``(y, x)`` in object pixels relative to an origin
+  (``pos_origin_coords``, a half-integer); a centre ``c`` (origin added) selects the window starting
+  at ``round(c - (64 - 1) / 2)`` (``extract_patches_integer``), i.e. the centre is the mean index of
+  the window's pixels. The files use the same convention in ``objectGuess`` pixels: a window starting
+  at integer pixel ``s`` has centre ``s + 31.5``. Positions are therefore half-integers, and any two
+  differ by whole pixels, so no sub-pixel interpolation is involved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage, signal
+
+from fly64_assets.study import (
+    DOSES,
+    MIN_ACCEPTANCE,
+    PATTERN_SIZE,
+    PHASE_D_VIEWS,
+    SIMULATION_SEED,
+    SPLITS,
+    SUBSAMPLING_SEED,
+    Job,
+    spacing_threshold,
+)
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The size of a simulated study; the physics (probe, object statistics, doses) is the same at every scale."""
+
+    name: str
+    object_size: int
+    """Side of the square ground-truth object, pixels."""
+    scan_step: int
+    """Raster step, pixels; with the probe's ~45 px spot this sets the overlap, and against the Phase D
+    spacing thresholds (38.4 / 102.4 px) it sets the dense and sparse acceptance."""
+    jitter: int = 2
+    """Each position moves by a uniform integer offset in [-jitter, jitter] px, to break the raster's periodicity."""
+
+    @property
+    def positions_per_side(self) -> int:
+        """Raster points along each axis: as many as fit with the jittered probe window inside the object."""
+        return (self.object_size - PATTERN_SIZE - 2 * self.jitter) // self.scan_step + 1
+
+
+SCALES: dict[str, Scale] = {
+    # 14 x 14 raster, 98 patterns per split: seconds on a laptop CPU. Step = 1/3 of the spot diameter.
+    "demo": Scale("demo", object_size=264, scan_step=15),
+    # 64 x 64 raster, 2048 patterns per split, like fly64. The step is a little larger so the dense view
+    # keeps >= 10 % of the positions over a large area (the greedy selection packs more loosely in the bulk).
+    "full": Scale("full", object_size=1204, scan_step=18),
+}
+
+APERTURE_RADIUS_PX = 12.0
+"""Radius of the probe-forming aperture in the far field (detector pixels)."""
+APERTURE_EDGE_PX = 2.0
+"""Width of the aperture's soft edge; a hard edge would give ringing tails that wrap around the 64 px window."""
+DEFOCUS_PHASE_RAD = 14.0
+"""Defocus phase at the aperture edge; spreads the focus into a ~45 px spot (90 % of the energy within r ~ 23 px)."""
+
+_OBJECT_STREAM, _SCAN_STREAM, _NOISE_STREAM = 0, 1, 2
+"""Independent random streams derived from the simulation seed."""
+
+
+def _rng(seed: int, *keys: int) -> np.random.Generator:
+    """A generator for one purpose, independent of the others derived from the same seed."""
+    return np.random.default_rng(np.random.SeedSequence([seed, *keys]))
+
+
+def make_probe(size: int = PATTERN_SIZE) -> np.ndarray:
+    """A focused probe of unit energy: a soft-edged circular aperture with defocus, propagated to the sample.
+
+    The far field is band-limited by the aperture, so the probe is a compact spot with Fresnel rings.
+    A linear phase in the far field moves the spot by half a pixel, onto the window's centre
+    ``(size - 1) / 2``, which is where the scan positions point.
+    """
+    k = np.arange(size) - size // 2
+    kr = np.hypot(k[:, None], k[None, :])
+    aperture = 0.5 * (1.0 - np.tanh((kr - APERTURE_RADIUS_PX) / APERTURE_EDGE_PX))
+    defocus = DEFOCUS_PHASE_RAD * (kr / APERTURE_RADIUS_PX) ** 2
+    half_pixel_shift = np.pi * (k[:, None] + k[None, :]) / size
+    far_field = aperture * np.exp(1j * (defocus + half_pixel_shift))
+    probe = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(far_field)))
+    return (probe / np.sqrt(np.sum(np.abs(probe) ** 2))).astype(np.complex64)
+
+
+def _smooth_texture(size: int, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian-filtered white noise rescaled to [0, 1]."""
+    texture = ndimage.gaussian_filter(rng.standard_normal((size, size)), sigma)
+    return (texture - texture.min()) / (texture.max() - texture.min())
+
+
+def _sharp_shapes(size: int, rng: np.random.Generator) -> np.ndarray:
+    """Discs and rectangles with hard edges and values of either sign, about one per 80 x 80 px."""
+    shapes = np.zeros((size, size))
+    yy, xx = np.mgrid[:size, :size]
+    for _ in range(max(4, size * size // 6400)):
+        value = rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 1.0)
+        cy, cx = rng.uniform(0, size, 2)
+        if rng.random() < 0.5:
+            radius = rng.uniform(4, 16)
+            inside = (yy - cy) ** 2 + (xx - cx) ** 2 < radius**2
+        else:
+            half_h, half_w = rng.uniform(3, 15, 2)
+            inside = (np.abs(yy - cy) < half_h) & (np.abs(xx - cx) < half_w)
+        shapes[inside] = value
+    return shapes
+
+
+def make_object(size: int, rng: np.random.Generator) -> np.ndarray:
+    """The ground truth: amplitude in [0.6, 1], phase within about +-1.1 rad.
+
+    A smooth random texture at two scales plus sharp shapes gives both low-frequency content and
+    edges, so resolution (FRC) and phase fidelity can both be judged.
+    """
+    fine, coarse = _smooth_texture(size, 2.0, rng), _smooth_texture(size, 8.0, rng)
+    shapes = _sharp_shapes(size, rng)
+    phase = (0.3 * fine + 0.7 * coarse - 0.5) + 0.6 * shapes
+    darkening = 0.5 * _smooth_texture(size, 4.0, rng) + 0.5 * np.abs(shapes)
+    amplitude = 1.0 - 0.4 * (darkening - darkening.min()) / (darkening.max() - darkening.min())
+    return (amplitude * np.exp(1j * phase)).astype(np.complex64)
+
+
+def _window_starts(coords: np.ndarray, size: int = PATTERN_SIZE) -> np.ndarray:
+    """Integer first pixel of each probe window from probe-centre coordinates (pty-chi's convention)."""
+    return np.rint(np.asarray(coords) - (size - 1) / 2).astype(np.int64)
+
+
+def scan_positions(scale: Scale, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Probe centres (ycoords, xcoords) of a jittered square raster, row by row, every window inside the object."""
+    n = scale.positions_per_side
+    offset = (scale.object_size - PATTERN_SIZE - (n - 1) * scale.scan_step) // 2
+    grid = offset + scale.scan_step * np.arange(n)
+    starts_y, starts_x = (a.ravel() for a in np.meshgrid(grid, grid, indexing="ij"))
+    starts_y = starts_y + rng.integers(-scale.jitter, scale.jitter + 1, starts_y.size)
+    starts_x = starts_x + rng.integers(-scale.jitter, scale.jitter + 1, starts_x.size)
+    centre = (PATTERN_SIZE - 1) / 2
+    return starts_y + centre, starts_x + centre
+
+
+def split_mask(ycoords: np.ndarray) -> dict[str, np.ndarray]:
+    """Spatial split along y: ``train`` is every position below the middle of the y range, ``test`` the rest."""
+    ycoords = np.asarray(ycoords)
+    middle = (ycoords.min() + ycoords.max()) / 2
+    train = ycoords < middle
+    return {"train": train, "test": ~train}
+
+
+def greedy_min_spacing(
+    ycoords: np.ndarray, xcoords: np.ndarray, threshold: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Indices (ascending) of the positions Phase D keeps.
+
+    Positions are visited in a random order; one is kept unless it lies closer than ``threshold`` to a
+    position already kept. The result is maximal: every rejected position is within ``threshold`` of a kept one.
+    """
+    ycoords, xcoords = np.asarray(ycoords, float), np.asarray(xcoords, float)
+    blocked = np.zeros(ycoords.size, dtype=bool)
+    kept = []
+    for i in rng.permutation(ycoords.size):
+        if not blocked[i]:
+            kept.append(i)
+            blocked |= np.hypot(ycoords - ycoords[i], xcoords - xcoords[i]) < threshold
+    return np.sort(np.asarray(kept, dtype=np.int64))
+
+
+def far_field_intensity(probe: np.ndarray, obj: np.ndarray, ycoords: np.ndarray, xcoords: np.ndarray) -> np.ndarray:
+    """Noise-free patterns, DC-centred: ``fftshift(|fft2(probe * window)|**2)`` (pty-chi's model, unnormalised FFT)."""
+    size = probe.shape[0]
+    starts_y, starts_x = _window_starts(ycoords, size), _window_starts(xcoords, size)
+    offsets = np.arange(size)
+    patches = obj[starts_y[:, None, None] + offsets[None, :, None], starts_x[:, None, None] + offsets[None, None, :]]
+    far_field = np.fft.fft2(probe.astype(np.complex128) * patches.astype(np.complex128))
+    return np.fft.fftshift(np.abs(far_field) ** 2, axes=(-2, -1))
+
+
+def _scale_probe_to_dose(
+    probe: np.ndarray, obj: np.ndarray, ycoords: np.ndarray, xcoords: np.ndarray, dose: int
+) -> np.ndarray:
+    """The probe scaled so the mean total counts per pattern over the whole scan equal ``dose``.
+
+    By Parseval a pattern's total is ``N * sum |probe * window|**2``; the window sums of ``|obj|**2``
+    weighted by ``|probe|**2`` are one correlation, so no pattern has to be simulated here.
+    """
+    weighted = signal.correlate(
+        np.abs(obj.astype(np.complex128)) ** 2, np.abs(probe.astype(np.complex128)) ** 2, mode="valid"
+    )
+    size = probe.shape[0]
+    exit_energy = weighted[_window_starts(ycoords, size), _window_starts(xcoords, size)]
+    mean_total = probe.size * exit_energy.mean()
+    return (probe * np.sqrt(dose / mean_total)).astype(np.complex64)
+
+
+@dataclass(frozen=True)
+class _Scene:
+    """What every dose and split share: the truth, the scan and the unit-energy probe."""
+
+    scale: Scale
+    seed: int
+    obj: np.ndarray
+    ycoords: np.ndarray
+    xcoords: np.ndarray
+    probe: np.ndarray
+
+
+def _make_scene(scale: str | Scale, seed: int) -> _Scene:
+    scale = SCALES[scale] if isinstance(scale, str) else scale
+    obj = make_object(scale.object_size, _rng(seed, _OBJECT_STREAM))
+    ycoords, xcoords = scan_positions(scale, _rng(seed, _SCAN_STREAM))
+    return _Scene(scale, seed, obj, ycoords, xcoords, make_probe())
+
+
+def _simulate(scene: _Scene, dose: int, split: str) -> dict[str, np.ndarray]:
+    """One split's Phase C arrays at one dose; the noise stream depends on (seed, dose, split)."""
+    probe = _scale_probe_to_dose(scene.probe, scene.obj, scene.ycoords, scene.xcoords, dose)
+    index = np.flatnonzero(split_mask(scene.ycoords)[split])
+    ycoords, xcoords = scene.ycoords[index], scene.xcoords[index]
+    intensity = far_field_intensity(probe, scene.obj, ycoords, xcoords)
+    counts = _rng(scene.seed, _NOISE_STREAM, dose, SPLITS.index(split)).poisson(intensity)
+    return {
+        "diffraction": np.sqrt(counts).astype(np.float32),
+        "probeGuess": probe,
+        "objectGuess": scene.obj,
+        "xcoords": xcoords.astype(np.float64),
+        "ycoords": ycoords.astype(np.float64),
+        "scan_index": index.astype(np.int64),
+    }
+
+
+def simulate_split(scale: str | Scale, dose: int, split: str, seed: int = SIMULATION_SEED) -> dict[str, np.ndarray]:
+    """The Phase C arrays (DATA-001 keys, no ``_metadata``) of one split at one dose."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: expected one of {list(SPLITS)}")
+    return _simulate(_make_scene(scale, seed), dose, split)
+
+
+def _metadata(facts: dict) -> np.ndarray:
+    """JSON text as a 0-d unicode array, readable with ``allow_pickle=False``."""
+    return np.array(json.dumps(facts, sort_keys=True))
+
+
+def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write to a temporary ``.npz`` beside ``path`` and rename it, so no reader ever sees a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.npz")
+    try:
+        with open(temporary, "xb") as stream:
+            np.savez(stream, **arrays)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _phase_d_arrays(
+    phase_c: dict[str, np.ndarray], kept: np.ndarray, view: str, source_file: str, min_acceptance: float
+) -> dict[str, np.ndarray]:
+    """The Phase D file of one view: the kept rows of the Phase C split, and the selection facts as ``_metadata``."""
+    n = phase_c["diffraction"].shape[0]
+    facts = {
+        "selection_strategy": "greedy_min_spacing",
+        "spacing_threshold": spacing_threshold(view),
+        "n_accepted": int(kept.size),
+        "n_rejected": int(n - kept.size),
+        "acceptance_rate": kept.size / n,
+        "overlap_view": view,
+        "source_file": source_file,
+        "effective_min_acceptance": min_acceptance,
+        "seed": SUBSAMPLING_SEED,
+    }
+    subset = {key: phase_c[key][kept] for key in ("diffraction", "xcoords", "ycoords", "scan_index")}
+    shared = {key: phase_c[key] for key in ("probeGuess", "objectGuess")}
+    return {**subset, **shared, "_metadata": _metadata(facts)}
+
+
+def simulate_study(
+    out_root: str | os.PathLike,
+    scale: str | Scale = "demo",
+    seed: int = SIMULATION_SEED,
+    min_acceptance: float = MIN_ACCEPTANCE,
+) -> dict:
+    """Write the whole study under ``out_root/phase_c`` and ``out_root/phase_d``; return what was written and skipped.
+
+    Summary: ``written`` maps each file (path relative to ``out_root``) to its number of patterns;
+    ``skipped`` maps each Phase D file not written to its ``reason`` and ``acceptance_rate``. A stale
+    file at a skipped path is removed, so the tree always matches the summary.
+    """
+    out_root = Path(out_root)
+    phase_c_root, phase_d_root = out_root / "phase_c", out_root / "phase_d"
+    scene = _make_scene(scale, seed)
+    split_masks = split_mask(scene.ycoords)
+    # Positions are the same at every dose, so each (split, view) selection is computed once.
+    selections = {
+        (split, view): greedy_min_spacing(
+            scene.ycoords[split_masks[split]],
+            scene.xcoords[split_masks[split]],
+            spacing_threshold(view),
+            np.random.default_rng(SUBSAMPLING_SEED),
+        )
+        for split in SPLITS
+        for view in PHASE_D_VIEWS
+    }
+    summary: dict = {
+        "scale": scene.scale.name,
+        "seed": seed,
+        "min_acceptance": min_acceptance,
+        "written": {},
+        "skipped": {},
+    }
+    for dose in DOSES:
+        for split in SPLITS:
+            arrays = _simulate(scene, dose, split)
+            n = arrays["diffraction"].shape[0]
+            phase_c_path = Job(dose, "baseline", split).input_path(phase_c_root, phase_d_root)
+            phase_c_facts = {
+                "dose": dose,
+                "split": split,
+                "seed": seed,
+                "scale": scene.scale.name,
+                "photons_per_pattern": dose,
+            }
+            _save_npz_atomic(phase_c_path, {**arrays, "_metadata": _metadata(phase_c_facts)})
+            summary["written"][phase_c_path.relative_to(out_root).as_posix()] = n
+            for view in PHASE_D_VIEWS:
+                kept = selections[(split, view)]
+                acceptance = kept.size / n
+                path = Job(dose, view, split).input_path(phase_c_root, phase_d_root)
+                relative = path.relative_to(out_root).as_posix()
+                if acceptance < min_acceptance:
+                    path.unlink(missing_ok=True)
+                    reason = (
+                        f"{view} view not written by Phase D: acceptance {acceptance:.1%} "
+                        f"< {min_acceptance:.0%} spacing guard"
+                    )
+                    summary["skipped"][relative] = {"reason": reason, "acceptance_rate": acceptance}
+                    continue
+                source_file = phase_c_path.relative_to(phase_c_root).as_posix()
+                _save_npz_atomic(path, _phase_d_arrays(arrays, kept, view, source_file, min_acceptance))
+                summary["written"][relative] = int(kept.size)
+    return summary

@@ -1,0 +1,123 @@
+"""The ``fly64`` command keeps the old study script's contract: plan, run, check, filters, exit codes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fly64_assets.cli import main
+from fly64_assets.study import Job
+from fly64_assets_tests.conftest import FAST_EPOCHS
+
+
+def _roots(paths) -> list[str]:
+    return ["--phase-c-root", paths.phase_c_root, "--phase-d-root", paths.phase_d_root, "--artifact-root", paths.artifact_root]
+
+
+def _reports(paths) -> tuple[dict, dict]:
+    root = Path(paths.artifact_root)
+    return (
+        json.loads((root / "reconstruction_manifest.json").read_text()),
+        json.loads((root / "skip_summary.json").read_text()),
+    )
+
+
+def test_plan_with_one_job_counts_the_other_17_as_skipped(study_paths):
+    code = main(["plan", *_roots(study_paths), "--dose", "1000", "--view", "dense", "--split", "train"])
+    assert code == 0
+    manifest, skips = _reports(study_paths)
+    assert manifest["filtered_jobs"] == 1 and manifest["total_jobs"] == 18
+    assert manifest["jobs"] == [{"dose": 1000, "view": "dense", "split": "train"}]
+    assert isinstance(manifest["jobs"][0]["dose"], int)
+    (result,) = manifest["execution_results"]
+    assert result["status"] == "planned" and result["returncode"] is None
+    assert result["log_path"] == str(Path(study_paths.artifact_root) / "dose_1000/dense/train/ptychi.log")
+    assert result["selection_strategy"] == "greedy_min_spacing" and result["spacing_threshold"] == pytest.approx(38.4)
+    assert skips["skipped_count"] == 17 and skips["missing_phase_d_count"] == 0
+    assert not list(Path(study_paths.artifact_root).glob("dose_*"))  # a dry run reconstructs nothing
+
+
+def test_missing_phase_d_stops_before_any_work_unless_allowed(study_paths, capsys):
+    assert main(["plan", *_roots(study_paths)]) == 2
+    error = capsys.readouterr().err
+    assert "1000|sparse_train" in error and "--allow-missing-phase-d" in error
+    assert not Path(study_paths.artifact_root).exists()
+
+    assert main(["plan", *_roots(study_paths), "--allow-missing-phase-d"]) == 0
+    manifest, skips = _reports(study_paths)
+    assert sorted((m["dose"], m["split"]) for m in manifest["missing_jobs"]) == sorted(
+        (d, s) for d in (1000, 10000, 100000) for s in ("train", "test")
+    )
+    assert all(m["view"] == "sparse" and "spacing guard" in m["reason"] for m in manifest["missing_jobs"])
+    assert skips["missing_phase_d_count"] == 6 and skips["skipped_count"] == 6
+    assert len(manifest["execution_results"]) == 12
+
+
+def test_unknown_filter_values_and_bad_roots_get_one_clear_message(study_paths, tmp_path, capsys):
+    assert main(["plan", *_roots(study_paths), "--view", "medium"]) == 2
+    assert "unknown view ['medium']" in capsys.readouterr().err
+    missing_root = str(tmp_path / "nowhere")
+    assert main(["plan", "--phase-c-root", missing_root, "--phase-d-root", study_paths.phase_d_root,
+                 "--artifact-root", study_paths.artifact_root]) == 2
+    assert f"Phase C root {missing_root} does not exist" in capsys.readouterr().err
+
+
+def test_run_goes_through_dagster_and_exit_code_reports_a_failed_job(study_paths, tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    broken = study_paths.input_path(Job(10000, "dense", "train"))
+    arrays = dict(np.load(broken, allow_pickle=False))
+    arrays["xcoords"] = arrays["xcoords"][:-1]
+    np.savez(broken, **arrays)
+
+    args = ["run", *_roots(study_paths), "--dose", "10000", "--view", "dense", "--epochs", str(FAST_EPOCHS), "--device", "cpu"]
+    assert main(args) == 1
+    manifest, skips = _reports(study_paths)
+    statuses = {(r["split"]): (r["status"], r["returncode"]) for r in manifest["execution_results"]}
+    assert statuses == {"train": ("failed", 1), "test": ("succeeded", 0)}
+    assert skips["skipped_count"] == 16
+    good = Path(study_paths.artifact_root) / "dose_10000/dense/test"
+    assert (good / "ptychi_reconstruction.npz").is_file() and (good / "preview.png").is_file()
+    assert "final loss" in (good / "ptychi.log").read_text()
+    # the runs are in the instance that the UI reads
+    from dagster import DagsterInstance
+
+    with DagsterInstance.get() as instance:
+        assert {run.job_name for run in instance.get_runs()} == {"reconstruct_study", "summarize_study"}
+
+
+def test_check_reports_ok_invalid_and_missing_as_json(study_paths, capsys):
+    broken = study_paths.input_path(Job(1000, "baseline", "test"))
+    broken.write_bytes(broken.read_bytes()[:1000])  # truncated
+    code = main(["check", "--phase-c-root", study_paths.phase_c_root, "--phase-d-root", study_paths.phase_d_root, "--json"])
+    entries = json.loads(capsys.readouterr().out)
+    assert code == 1 and len(entries) == 18
+    by_key = {Job(e["dose"], e["view"], e["split"]).partition_key: e for e in entries}
+    assert by_key["1000|baseline_test"]["status"] == "invalid" and by_key["1000|baseline_test"]["violations"]
+    assert by_key["1000|sparse_train"]["status"] == "missing"
+    assert sum(e["status"] == "ok" for e in entries) == 11
+    broken.unlink()
+    assert main(["check", "--phase-c-root", study_paths.phase_c_root, "--phase-d-root", study_paths.phase_d_root]) == 0
+
+
+def test_dagster_asset_materialize_command_works(study_paths, tmp_path):
+    env = {
+        **os.environ,
+        "FLY64_PHASE_C_ROOT": study_paths.phase_c_root,
+        "FLY64_PHASE_D_ROOT": study_paths.phase_d_root,
+        "FLY64_ARTIFACT_ROOT": study_paths.artifact_root,
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+    }
+    (tmp_path / "dagster_home").mkdir()
+    dagster = Path(sys.executable).parent / "dagster"
+    completed = subprocess.run(
+        [str(dagster), "asset", "materialize", "-m", "fly64_assets.definitions",
+         "--select", "ptychi_reconstruction", "--partition", "1000|dense_train"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    saved = np.load(Path(study_paths.artifact_root) / "dose_1000/dense/train/ptychi_reconstruction.npz", allow_pickle=False)
+    assert saved["reconstructed_object"].dtype == np.complex64 and saved["loss_per_epoch"].shape == (100,)
