@@ -12,6 +12,8 @@ from fly64_assets.resources import StudyPaths
 
 RECONSTRUCT_JOB = "reconstruct_study"
 SUMMARIZE_JOB = "summarize_study"
+CHECK_PHASE_C_JOB = "check_phase_c_inputs"
+CHECK_PHASE_D_JOB = "check_phase_d_inputs"
 
 reconstruct_study = define_asset_job(
     RECONSTRUCT_JOB,
@@ -24,14 +26,14 @@ summarize_study = define_asset_job(
     description="Write the reconstruction manifest and the skip summary over all partitions.",
 )
 check_phase_c_inputs = define_asset_job(
-    "check_phase_c_inputs",
+    CHECK_PHASE_C_JOB,
     selection=AssetSelection.checks(phase_c_patched_data001),
-    description="DATA-001 on the Phase C files.",
+    description="DATA-001 on one Phase C file (partition given by the run's dagster/partition tags).",
 )
 check_phase_d_inputs = define_asset_job(
-    "check_phase_d_inputs",
+    CHECK_PHASE_D_JOB,
     selection=AssetSelection.checks(phase_d_overlap_data001),
-    description="DATA-001 on the Phase D files.",
+    description="DATA-001 on one Phase D file (partition given by the run's dagster/partition tags).",
 )
 
 

@@ -140,6 +140,19 @@ def _isolated_torch_defaults(device: torch.device) -> Iterator[None]:
         ptychi.utils.set_default_complex_dtype(saved_complex)
 
 
+def _grid_preserving_center(coords: np.ndarray) -> float:
+    """The mean of ``coords``, moved by under half a pixel to a value with the positions' own fractional part.
+
+    pty-chi adds a half-integer origin to the zero-centred positions and cuts windows starting at
+    ``round(centre - (64 - 1) / 2)``. Subtracting a centre with the positions' fractional part keeps
+    positions that sit exactly on pty-chi's window grid (as the synthetic ones do) exactly on it, so
+    no sub-pixel interpolation blurs them; for arbitrary positions it is just a near-mean centre.
+    """
+    coords = np.asarray(coords, dtype=float)
+    fraction = float(coords[0] % 1.0)
+    return float(np.round(np.mean(coords) - fraction) + fraction)
+
+
 def _build_options(settings: LSQMLSettings, device: torch.device, batch_size: int):
     import ptychi.api as api
 
@@ -175,7 +188,7 @@ def reconstruct(
 
     device = resolve_device(settings.device)
     intensities = np.square(np.asarray(diffraction_amplitude, dtype=np.float32))
-    mean_yx = (float(np.mean(ycoords)), float(np.mean(xcoords)))
+    mean_yx = (_grid_preserving_center(ycoords), _grid_preserving_center(xcoords))
     positions = np.stack([np.asarray(ycoords, float) - mean_yx[0], np.asarray(xcoords, float) - mean_yx[1]], axis=1)
     # The object buffer is centred on the origin of the positions; the mean need not be the mid-point
     # of the scan, so pad by the offset on both sides to keep every probe window inside the buffer.

@@ -86,7 +86,8 @@ def test_run_goes_through_dagster_and_exit_code_reports_a_failed_job(study_paths
     from dagster import DagsterInstance
 
     with DagsterInstance.get() as instance:
-        assert {run.job_name for run in instance.get_runs()} == {"reconstruct_study", "summarize_study"}
+        job_names = {run.job_name for run in instance.get_runs()}
+    assert job_names == {"check_phase_c_inputs", "check_phase_d_inputs", "reconstruct_study", "summarize_study"}
 
 
 def test_check_reports_ok_invalid_and_missing_as_json(study_paths, capsys):

@@ -57,7 +57,7 @@ def test_missing_sparse_view_is_a_successful_skip_with_a_warn_check(study_paths,
     assert record["status"] == "skipped"
     assert "sparse view not written by Phase D" in record["reason"]
     (check,) = result.get_asset_check_evaluations()
-    assert check.check_name == "input_available" and not check.passed
+    assert check.check_name == "input_data001" and not check.passed
     assert check.severity == AssetCheckSeverity.WARN and "spacing guard" in check.description
     assert not study_paths.artifact_dir(Job(1000, "sparse", "test")).exists()
 
@@ -67,7 +67,7 @@ def test_a_study_run_with_a_missing_sparse_view_succeeds_and_records_the_skip(st
                       {"dose": [1000], "view": ["dense", "sparse"], "split": ["test"]})
     manifest = run_study(study_paths, plan, {"epochs": FAST_EPOCHS}, progress=lambda line: None, instance=instance)
 
-    runs = instance.get_runs()
+    runs = [run for run in instance.get_runs() if run.job_name in ("reconstruct_study", "summarize_study")]
     assert len(runs) == 3 and all(run.is_success for run in runs)  # two partitions, then the summaries
     (result,) = manifest["execution_results"]
     assert (result["view"], result["status"], result["returncode"]) == ("dense", "succeeded", 0)
@@ -98,6 +98,9 @@ def test_a_data001_failure_blocks_only_its_partition(study_paths, instance):
     (failure,) = failed.get_step_failure_events()
     message = failure.step_failure_data.user_failure_data.description
     assert str(broken) in message and "diffraction" in message and "float32" in message
+    (check,) = failed.get_asset_check_evaluations()
+    assert check.check_name == "input_data001" and not check.passed and check.severity == AssetCheckSeverity.ERROR
+    assert "diffraction" in check.description
     assert not study_paths.artifact_dir(Job(1000, "dense", "train")).exists()
 
     assert _materialize(study_paths, "1000|dense_test", instance).success

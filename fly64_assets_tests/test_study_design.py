@@ -82,7 +82,7 @@ def test_definitions_pin_assets_checks_and_jobs():
     assert graph.asset_check_keys == {
         AssetCheckKey(AssetKey("phase_c_patched"), "data001"),
         AssetCheckKey(AssetKey("phase_d_overlap"), "data001"),
-        AssetCheckKey(AssetKey("ptychi_reconstruction"), "input_available"),
+        AssetCheckKey(AssetKey("ptychi_reconstruction"), "input_data001"),
     }
     assert graph.get(AssetKey("ptychi_reconstruction")).partitions_def.get_partition_keys() == STUDY_PARTITIONS.get_partition_keys()
     for job in ("reconstruct_study", "summarize_study", "check_phase_c_inputs", "check_phase_d_inputs"):

@@ -13,8 +13,6 @@ from collections.abc import Iterator
 import numpy as np
 
 from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
     AssetCheckSpec,
     AssetDep,
     AssetExecutionContext,
@@ -34,7 +32,7 @@ from fly64_assets import figures
 from fly64_assets.artifacts import captured_log, remove_stale_partials, write_bytes, write_npz
 from fly64_assets.bookkeeping import LOG_NAME, RECONSTRUCTED, SKIPPED, SELECTION_FACTS, missing_reason
 from fly64_assets.contract import ContractError, load_valid
-from fly64_assets.defs.sources import file_sha256, phase_c_patched, phase_d_overlap
+from fly64_assets.defs.sources import file_sha256, missing_result, phase_c_patched, phase_d_overlap, violations_result
 from fly64_assets.ptychi_lsqml import LSQMLSettings, ReconstructionResult, reconstruct
 from fly64_assets.resources import StudyPaths
 from fly64_assets.study import (
@@ -47,7 +45,7 @@ from fly64_assets.study import (
     Job,
 )
 
-INPUT_AVAILABLE_CHECK = "input_available"
+INPUT_CHECK = "input_data001"
 RECONSTRUCTION_FILE = "ptychi_reconstruction.npz"
 PREVIEW_FILE = "preview.png"
 GPU_POOL = "gpu"
@@ -102,9 +100,7 @@ def _skip(job: Job, reason: str) -> Iterator:
         {**job.as_record(), "status": SKIPPED, "reason": reason},
         metadata={"status": SKIPPED, "reason": reason},
     )
-    yield AssetCheckResult(
-        check_name=INPUT_AVAILABLE_CHECK, passed=False, severity=AssetCheckSeverity.WARN, description=reason
-    )
+    yield missing_result(reason, INPUT_CHECK)
 
 
 def _save(job: Job, result: ReconstructionResult, study_paths: StudyPaths) -> dict:
@@ -139,9 +135,10 @@ def _json_text(document: dict) -> np.ndarray:
     code_version="1",
     check_specs=[
         AssetCheckSpec(
-            INPUT_AVAILABLE_CHECK,
+            INPUT_CHECK,
             asset="ptychi_reconstruction",
-            description="The partition's input file exists. WARN marks an expected skip, with its reason.",
+            description="The partition's input exists and satisfies DATA-001. WARN marks an expected skip "
+            "(e.g. a sparse view Phase D did not write), with its reason; ERROR lists the violations.",
         )
     ],
     description="pty-chi LSQML reconstruction of one (dose, view, split) dataset.",
@@ -159,6 +156,7 @@ def ptychi_reconstruction(
     try:
         arrays, metadata = load_valid(input_path)
     except ContractError as error:
+        yield violations_result(input_path, error.violations, INPUT_CHECK)
         raise Failure(
             description=f"{job.partition_key} not reconstructed: {input_path} breaks DATA-001:\n{error}",
             metadata={"violations": MetadataValue.json([str(v) for v in error.violations])},
@@ -218,4 +216,4 @@ def ptychi_reconstruction(
             **{key: value for key, value in facts.items() if value is not None},
         },
     )
-    yield AssetCheckResult(check_name=INPUT_AVAILABLE_CHECK, passed=True, description=f"read {input_path}")
+    yield violations_result(input_path, [], INPUT_CHECK)

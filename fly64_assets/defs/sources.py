@@ -14,7 +14,7 @@ from dagster import (
     observable_source_asset,
 )
 
-from fly64_assets.contract import check_file
+from fly64_assets.contract import Violation, check_file
 from fly64_assets.resources import StudyPaths
 from fly64_assets.study import PHASE_C_PARTITIONS, PHASE_D_PARTITIONS, job_for_source_partition
 
@@ -40,17 +40,21 @@ def observe_files(study_paths: StudyPaths, partition_keys: list[str]) -> DataVer
     return DataVersionsByPartition(versions)
 
 
-def data001_result(path: Path) -> AssetCheckResult:
-    """Passed for a valid file, ERROR with every violation for a bad one, WARN (a skip) for a missing one."""
-    if not path.exists():
-        return AssetCheckResult(
-            passed=False,
-            severity=AssetCheckSeverity.WARN,
-            description=f"missing (recorded as a skip, not a violation): {path}",
-            metadata={"status": "missing", "path": MetadataValue.path(str(path))},
-        )
-    violations = check_file(path)
+def missing_result(description: str, check_name: str | None = None) -> AssetCheckResult:
+    """A missing input is a skip, not a violation: WARN, with the reason."""
     return AssetCheckResult(
+        check_name=check_name,
+        passed=False,
+        severity=AssetCheckSeverity.WARN,
+        description=description,
+        metadata={"status": "missing"},
+    )
+
+
+def violations_result(path: Path, violations: list[Violation], check_name: str | None = None) -> AssetCheckResult:
+    """Passed for a valid file; ERROR naming every violation (file, key, rule, what was found) otherwise."""
+    return AssetCheckResult(
+        check_name=check_name,
         passed=not violations,
         severity=AssetCheckSeverity.ERROR,
         description="\n".join(str(v) for v in violations) or f"DATA-001 satisfied: {path}",
@@ -61,6 +65,12 @@ def data001_result(path: Path) -> AssetCheckResult:
             "violations": MetadataValue.json([{"key": v.key, "rule": v.rule, "found": v.found} for v in violations]),
         },
     )
+
+
+def data001_result(path: Path) -> AssetCheckResult:
+    if not path.exists():
+        return missing_result(f"missing (recorded as a skip, not a violation): {path}")
+    return violations_result(path, check_file(path))
 
 
 @observable_source_asset(
