@@ -86,19 +86,21 @@ def captured_log(path: Path, logger_names: tuple[str, ...]) -> Iterator[logging.
         job_logger = logging.getLogger(f"fly64.job.{id(handler)}")
         job_logger.propagate = False
         watched = [logging.getLogger(name) for name in logger_names] + [job_logger]
-        saved_levels = [logger.level for logger in watched]
+        saved = [(logger.level, logger.propagate) for logger in watched]
         for logger in watched:
             logger.addHandler(handler)
             logger.setLevel(logging.INFO)
+            logger.propagate = False  # the job's lines belong in its file, not on the console
         try:
             yield job_logger
         except BaseException as error:
             job_logger.exception("job failed: %s", error)
             raise
         finally:
-            for logger, level in zip(watched, saved_levels):
+            for logger, (level, propagate) in zip(watched, saved):
                 logger.removeHandler(handler)
                 logger.setLevel(level)
+                logger.propagate = propagate
             handle.flush()
             os.fsync(handle.fileno())
             os.replace(tmp_name, path)

@@ -122,14 +122,22 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device("cuda", index)
 
 
+PTYCHI_EPOCH_LOGGER = "ptychi.reconstructors.base"
+"""At INFO this logger prints the loss per epoch (we report it ourselves) and makes pty-chi draw a tqdm
+progress bar on stderr, which floods consoles and run logs; it is held at WARNING during a run."""
+
+
 @contextlib.contextmanager
-def _isolated_torch_defaults(device: torch.device) -> Iterator[None]:
+def _isolated_ptychi_state(device: torch.device) -> Iterator[None]:
     """pty-chi sets torch's process-wide default device and dtypes; restore them afterwards."""
     import ptychi.utils
 
     saved_device = torch.get_default_device()
     saved_dtype = torch.get_default_dtype()
     saved_complex = ptychi.utils.get_default_complex_dtype()
+    epoch_logger = logging.getLogger(PTYCHI_EPOCH_LOGGER)
+    saved_level = epoch_logger.level
+    epoch_logger.setLevel(logging.WARNING)
     cuda_context = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     try:
         with cuda_context:
@@ -138,6 +146,7 @@ def _isolated_torch_defaults(device: torch.device) -> Iterator[None]:
         torch.set_default_device(saved_device)
         torch.set_default_dtype(saved_dtype)
         ptychi.utils.set_default_complex_dtype(saved_complex)
+        epoch_logger.setLevel(saved_level)
 
 
 def _grid_preserving_center(coords: np.ndarray) -> float:
@@ -198,7 +207,7 @@ def reconstruct(
 
     losses: list[float] = []
     start = time.perf_counter()
-    with _isolated_torch_defaults(device):
+    with _isolated_ptychi_state(device):
         task = PtychographyTask(
             _build_options(settings, device, balanced_batch_size(len(intensities), settings.batch_size)),
             diffraction_data=intensities,

@@ -190,21 +190,28 @@ def frc_resolution(freqs: np.ndarray, curve: np.ndarray, threshold: float = FRC_
     return float(freqs[i - 1] + t * (freqs[i] - freqs[i - 1]))
 
 
-def compare_to_truth(
+@dataclass(frozen=True)
+class Alignment:
+    """A reconstruction brought onto the truth's frame over the scan box, ready to score or show."""
+
+    recon: np.ndarray
+    """The reconstruction over the box: registered, phase-aligned and amplitude-scaled to the truth."""
+    truth: np.ndarray
+    """The truth over the same box."""
+    shift_yx: tuple[float, float]
+    """True origin = nominal origin + shift (truth pixels)."""
+
+
+def align_to_truth(
     recon: np.ndarray,
     truth: np.ndarray,
     origin_yx: tuple[float, float],
     scan_box: tuple[float, float, float, float],
     phase_plane: bool = False,
-) -> QualityMetrics:
-    """Score ``recon`` against ``truth`` over ``scan_box`` (pixels whose centres lie inside it).
-
-    The overlap of the reconstruction and the truth is cut out at the rounded origin, registered
-    on the scan box, shifted as a whole (so the periodic wrap of the Fourier shift stays in the
-    margin outside the box where there is one), phase-aligned on the box and then scored there.
-    The global amplitude factor is removed too (``amplitude_gain``). Amplitude and phase get MAE, PSNR and SSIM; the FRC is that of the complex fields. A truth
-    phase that wraps inside the box is compared on its own branch (recon phase = truth phase +
-    wrapped difference), so wraps cost nothing.
+) -> Alignment:
+    """Cut out the overlap at the rounded origin, register on the scan box, shift the whole overlap (so
+    the periodic wrap of the Fourier shift stays in the margin outside the box where there is one),
+    then remove the global phase offset (and plane) and the global amplitude factor on the box.
     """
     oy, ox = round(origin_yx[0]), round(origin_yx[1])
     y_lo, y_hi = max(0, oy), min(truth.shape[0], oy + recon.shape[0])
@@ -229,7 +236,19 @@ def compare_to_truth(
     _, shift = register(moving, truth_box)
     recon_box = remove_phase_offset(shift_image(recon_ov, shift)[box], truth_box, plane=phase_plane)
     recon_box = recon_box * amplitude_gain(recon_box, truth_box)
+    return Alignment(
+        recon=recon_box,
+        truth=truth_box,
+        shift_yx=(float(shift[0] - (origin_yx[0] - oy)), float(shift[1] - (origin_yx[1] - ox))),
+    )
 
+
+def score(recon_box: np.ndarray, truth_box: np.ndarray, shift_yx: tuple[float, float] = (0.0, 0.0)) -> QualityMetrics:
+    """Amplitude and phase MAE, PSNR and SSIM, and the FRC of the complex fields, on aligned boxes.
+
+    A truth phase that wraps inside the box is compared on its own branch (recon phase = truth phase
+    + wrapped difference), so wraps cost nothing.
+    """
     amp_truth, amp_recon = np.abs(truth_box), np.abs(recon_box)
     phase_truth = np.angle(truth_box)
     phase_diff = np.angle(recon_box * np.conj(truth_box))
@@ -246,5 +265,17 @@ def compare_to_truth(
         phase_ssim=float(structural_similarity(phase_truth, phase_recon, data_range=phase_range)),
         frc_resolution_px=2.0 / fraction,
         frc_resolution_fraction=fraction,
-        shift_yx=(float(shift[0] - (origin_yx[0] - oy)), float(shift[1] - (origin_yx[1] - ox))),
+        shift_yx=shift_yx,
     )
+
+
+def compare_to_truth(
+    recon: np.ndarray,
+    truth: np.ndarray,
+    origin_yx: tuple[float, float],
+    scan_box: tuple[float, float, float, float],
+    phase_plane: bool = False,
+) -> QualityMetrics:
+    """Score ``recon`` against ``truth`` over ``scan_box`` (pixels whose centres lie inside it)."""
+    aligned = align_to_truth(recon, truth, origin_yx, scan_box, phase_plane)
+    return score(aligned.recon, aligned.truth, aligned.shift_yx)

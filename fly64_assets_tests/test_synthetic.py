@@ -199,7 +199,7 @@ def test_noise_free_model_equals_ptychi_forward_model():
     from ptychi import api
     from ptychi.api.task import PtychographyTask
 
-    from fly64_assets.ptychi_lsqml import _isolated_torch_defaults
+    from fly64_assets.ptychi_lsqml import _isolated_ptychi_state
 
     arrays = synthetic.simulate_split(synthetic.Scale("tiny", object_size=160, scan_step=15), 10000, "train")
     obj, probe, ycoords, xcoords = (arrays[k] for k in ("objectGuess", "probeGuess", "ycoords", "xcoords"))
@@ -208,7 +208,7 @@ def test_noise_free_model_equals_ptychi_forward_model():
     options.reconstructor_options.default_device = api.Devices.CPU
     # pty-chi's default origin of the positions for an (M, M) object is round(M / 2) - 0.5.
     origin = np.round(np.array(obj.shape) / 2) - 0.5
-    with _isolated_torch_defaults(torch.device("cpu")):
+    with _isolated_ptychi_state(torch.device("cpu")):
         task = PtychographyTask(
             options,
             diffraction_data=expected.astype(np.float32),
