@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,30 @@ def inside_root(root: Path, path: Path) -> Path:
     return resolved
 
 
+def _partial_file(path: Path) -> tuple[int, str]:
+    """Create ``.<name>~<host>~<pid>~<random>.partial`` beside ``path``: the owner is in the name, so a
+    later run can tell a killed writer's leftover from a file another live writer is still filling."""
+    owner = f"~{socket.gethostname()}~{os.getpid()}~"
+    return tempfile.mkstemp(prefix=f".{path.name}{owner}", suffix=PARTIAL_SUFFIX, dir=path.parent)
+
+
+def _writer_is_gone(partial: Path) -> bool:
+    """True when the partial file's writer was a process of this host that no longer exists."""
+    fields = partial.name[: -len(PARTIAL_SUFFIX)].split("~")
+    if len(fields) != 4:
+        return False
+    _, host, pid, _ = fields
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a hidden temporary file beside ``path``; on success it replaces ``path`` in one rename.
@@ -35,7 +60,7 @@ def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
+    fd, tmp_name = _partial_file(path)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -79,7 +104,7 @@ def captured_log(path: Path, logger_names: tuple[str, ...]) -> Iterator[logging.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
+    fd, tmp_name = _partial_file(path)
     with os.fdopen(fd, "w") as handle:
         handler = logging.StreamHandler(handle)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -107,8 +132,9 @@ def captured_log(path: Path, logger_names: tuple[str, ...]) -> Iterator[logging.
 
 
 def remove_stale_partials(folder: Path) -> list[Path]:
-    """Delete temporary files left by a process that was killed mid-write; returns what was removed."""
-    stale = sorted(Path(folder).glob(f".*{PARTIAL_SUFFIX}")) if Path(folder).is_dir() else []
+    """Delete temporary files whose writer was killed mid-write (never those of a live writer)."""
+    candidates = sorted(Path(folder).glob(f".*{PARTIAL_SUFFIX}")) if Path(folder).is_dir() else []
+    stale = [path for path in candidates if _writer_is_gone(path)]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

@@ -1,4 +1,4 @@
-"""The ``fly64`` command: simulate, check, plan (dry run), run (through Dagster) and the whole study.
+"""The ``fly64`` command: simulate, check, plan (dry run), run (through Dagster), report, and the whole study.
 
 It keeps the old study script's command line (``--phase-c-root --phase-d-root --artifact-root``,
 ``--dose --view --split`` filters, ``--allow-missing-phase-d``) so users' scripts keep working.
@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from fly64_assets import bookkeeping
@@ -73,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_filters(run)
     _add_reconstruction(run)
 
+    report = commands.add_parser("report", help="score every reconstruction against the truth and write the study report")
+    _add_roots(report)
+
     study = commands.add_parser("study", help="the whole default study: simulate if absent, run all, summarize")
     _add_reconstruction(study)
     study.add_argument("--scale", choices=["demo", "full"], default="demo")
@@ -117,7 +121,10 @@ def cmd_simulate(args) -> int:
 
     started = time.perf_counter()
     summary = simulate_study(args.out, scale=args.scale, seed=args.seed)
-    print(json.dumps(summary, indent=2, default=str))
+    for name, n_patterns in summary["written"].items():
+        print(f"  wrote {name} ({n_patterns} patterns)")
+    for name, skipped in summary["skipped"].items():
+        print(f"  not written: {name}: {skipped['reason']}")
     print(f"synthetic {args.scale} study written to {args.out} in {time.perf_counter() - started:.1f} s")
     return EXIT_OK
 
@@ -171,14 +178,27 @@ def cmd_run(args) -> int:
     plan = _plan(args, paths)
     ensure_dagster_home()
     config = {"epochs": args.epochs, "batch_size": args.batch_size, "device": args.device}
-    manifest = run_study(paths, plan, config, progress=print)
-    _write_reports(paths, manifest)
+    outputs = run_study(paths, plan, config, progress=print)
+    manifest, study_report = outputs["reconstruction_manifest"], outputs["study_report"]
     results = manifest["execution_results"]
     failed = [r for r in results if r["status"] != bookkeeping.RECONSTRUCTED]
     print(f"{len(results) - len(failed)} of {len(results)} reconstruction(s) succeeded, "
           f"{len(manifest['missing_jobs'])} missing input(s) recorded as skips")
     print(f"manifest: {paths.artifact_file('reconstruction_manifest.json')}")
+    print(f"report:   {study_report['html_path']}")
+    print(f"headline: {study_report['headline']}")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_report(args) -> int:
+    from fly64_assets.execution import write_report
+
+    paths = _paths(args)
+    ensure_dagster_home()
+    study_report = write_report(paths)
+    print(f"report:   {study_report['html_path']}")
+    print(f"headline: {study_report['headline']}")
+    return EXIT_OK
 
 
 def cmd_study(args) -> int:
@@ -199,11 +219,28 @@ def cmd_study(args) -> int:
     return code
 
 
-COMMANDS = {"simulate": cmd_simulate, "check": cmd_check, "plan": cmd_plan, "run": cmd_run, "study": cmd_study}
+COMMANDS = {
+    "simulate": cmd_simulate,
+    "check": cmd_check,
+    "plan": cmd_plan,
+    "run": cmd_run,
+    "report": cmd_report,
+    "study": cmd_study,
+}
+
+
+def _quiet_library_warnings() -> None:
+    """Dagster's beta/preview notices and a torch notice raised inside pty-chi say nothing to a user."""
+    from dagster import BetaWarning, PreviewWarning
+
+    warnings.filterwarnings("ignore", category=BetaWarning)
+    warnings.filterwarnings("ignore", category=PreviewWarning)
+    warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_library_warnings()
     try:
         return COMMANDS[args.command](args)
     except UsageError as error:

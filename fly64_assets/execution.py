@@ -5,14 +5,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from dagster import DagsterInstance
+from dagster import AssetKey, DagsterInstance
 
 from fly64_assets.bookkeeping import StudyPlan
-from fly64_assets.definitions import CHECK_PHASE_C_JOB, CHECK_PHASE_D_JOB, RECONSTRUCT_JOB, SUMMARIZE_JOB, build_definitions
+from fly64_assets.definitions import (
+    CHECK_PHASE_C_JOB,
+    CHECK_PHASE_D_JOB,
+    RECONSTRUCT_JOB,
+    REPORT_JOB,
+    SCORE_JOB,
+    SUMMARIZE_JOB,
+    build_definitions,
+)
 from fly64_assets.resources import StudyPaths
 from fly64_assets.study import PHASE_C_PARTITIONS, PHASE_D_PARTITIONS
 
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 """Keep Dagster's per-event console lines out of the command's output; the UI has them all."""
 
 
@@ -48,8 +56,8 @@ def run_study(
     progress: Callable[[str], None] = print,
     instance: DagsterInstance | None = None,
 ) -> dict:
-    """Check every input, reconstruct every selected partition (a run each, in this process), then materialize the manifest
-    and the skip summary for the same selection; returns the manifest.
+    """Check every input, reconstruct and score every selected partition (a run each, in this process), then
+    materialize the manifest, the skip summary and the report; returns those three values by asset name.
 
     Partitions whose input is missing run too: they finish at once as recorded skips, so the UI shows them.
     """
@@ -74,4 +82,14 @@ def run_study(
     summary = defs.resolve_job_def(SUMMARIZE_JOB).execute_in_process(
         instance=instance, run_config={**QUIET, "ops": {"reconstruction_manifest": {"config": plan.filters}}}
     )
-    return summary.output_for_node("reconstruction_manifest")
+    return {name: summary.output_for_node(name) for name in ("reconstruction_manifest", "skip_summary", "study_report")}
+
+
+def write_report(paths: StudyPaths, instance: DagsterInstance | None = None) -> dict:
+    """Score every reconstructed partition again and write the study report; returns the report."""
+    instance = instance or DagsterInstance.get()
+    defs = build_definitions(paths)
+    score = defs.resolve_job_def(SCORE_JOB)
+    for key in sorted(instance.get_materialized_partitions(AssetKey("ptychi_reconstruction"))):
+        score.execute_in_process(partition_key=key, instance=instance, run_config=QUIET)
+    return defs.resolve_job_def(REPORT_JOB).execute_in_process(instance=instance, run_config=QUIET).output_for_node("study_report")

@@ -29,6 +29,14 @@ class DeviceUnavailableError(RuntimeError):
     """The requested torch device does not exist on this machine."""
 
 
+class GpuOutOfMemoryError(RuntimeError):
+    """The reconstruction did not fit in GPU memory even at the smallest batch size tried."""
+
+
+MAX_OOM_RETRIES = 3
+"""Out-of-memory restarts, each at half the previous batch size."""
+
+
 @dataclass(frozen=True)
 class LSQMLSettings:
     """The reconstruction options; the defaults are the study's (spec: LSQML, 100 epochs, batch 96)."""
@@ -87,6 +95,8 @@ class ReconstructionResult:
     settings: LSQMLSettings
     object_origin_yx: tuple[float, float]
     """Where pixel [0, 0] of ``object`` lies in the input frame (``objectGuess`` pixels)."""
+    batch_sizes_tried: tuple[int, ...]
+    """Mini-batch sizes used, in order: more than one means out-of-memory restarts; the last one succeeded."""
 
 
 def balanced_batch_size(n_patterns: int, batch_size: int) -> int:
@@ -179,6 +189,59 @@ def _build_options(settings: LSQMLSettings, device: torch.device, batch_size: in
     return options
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """The arrays pty-chi is given, in its conventions."""
+
+    intensities: np.ndarray
+    probe: np.ndarray
+    positions_yx: np.ndarray
+    center_yx: tuple[float, float]
+    object_shape: tuple[int, int]
+
+
+def _prepare(diffraction_amplitude, probe_guess, ycoords, xcoords) -> _Prepared:
+    from ptychi.utils import get_suggested_object_size
+
+    center_yx = (_grid_preserving_center(ycoords), _grid_preserving_center(xcoords))
+    positions = np.stack([np.asarray(ycoords, float) - center_yx[0], np.asarray(xcoords, float) - center_yx[1]], axis=1)
+    # The object buffer is centred on the origin of the positions; the centre need not be the mid-point
+    # of the scan, so pad by the offset on both sides to keep every probe window inside the buffer.
+    skew = np.abs(positions.max(axis=0) + positions.min(axis=0)).max()
+    return _Prepared(
+        intensities=np.square(np.asarray(diffraction_amplitude, dtype=np.float32)),
+        probe=np.asarray(probe_guess, dtype=np.complex64).reshape(1, 1, *probe_guess.shape[-2:]),
+        positions_yx=positions,
+        center_yx=center_yx,
+        object_shape=get_suggested_object_size(positions, probe_guess.shape[-2:], extra=int(np.ceil(skew)) + 2),
+    )
+
+
+def _run_lsqml(data: _Prepared, settings: LSQMLSettings, device: torch.device, batch_size: int, on_epoch):
+    """One attempt: build the task, run every epoch, return (object, probe, losses, origin, device)."""
+    from ptychi.api.task import PtychographyTask
+
+    losses: list[float] = []
+    with _isolated_ptychi_state(device):
+        task = PtychographyTask(
+            _build_options(settings, device, batch_size),
+            diffraction_data=data.intensities,
+            object_data=np.ones((1, *data.object_shape), dtype=np.complex64),
+            probe_data=data.probe,
+            probe_position_x_px=data.positions_yx[:, 1],
+            probe_position_y_px=data.positions_yx[:, 0],
+        )
+        for epoch in range(1, settings.epochs + 1):
+            task.run(1)
+            losses.append(float(task.reconstructor.loss_tracker.table["loss"].iloc[-1]))
+            if on_epoch is not None:
+                on_epoch(epoch, losses[-1])
+        obj = task.get_data_to_cpu("object", as_numpy=True)[0].astype(np.complex64)
+        probe = task.get_data_to_cpu("probe", as_numpy=True)[0].astype(np.complex64)
+        origin = task.object.pos_origin_coords.detach().cpu().numpy()
+        return obj, probe, losses, origin, str(task.object.data.device)
+
+
 def reconstruct(
     diffraction_amplitude: np.ndarray,
     probe_guess: np.ndarray,
@@ -190,50 +253,37 @@ def reconstruct(
     """Reconstruct one dataset with pty-chi LSQML, epoch by epoch.
 
     ``diffraction_amplitude`` is (n, H, W) amplitude as stored in DATA-001 files; positions are probe
-    centres in ``objectGuess`` pixels. Raises DeviceUnavailableError before any work if the device is absent.
+    centres in ``objectGuess`` pixels. Raises DeviceUnavailableError before any work if the device is
+    absent. A CUDA out-of-memory error restarts the run with half the batch size, at most
+    ``MAX_OOM_RETRIES`` times, then raises GpuOutOfMemoryError naming the sizes tried.
     """
-    from ptychi.api.task import PtychographyTask
-    from ptychi.utils import get_suggested_object_size
-
     device = resolve_device(settings.device)
-    intensities = np.square(np.asarray(diffraction_amplitude, dtype=np.float32))
-    mean_yx = (_grid_preserving_center(ycoords), _grid_preserving_center(xcoords))
-    positions = np.stack([np.asarray(ycoords, float) - mean_yx[0], np.asarray(xcoords, float) - mean_yx[1]], axis=1)
-    # The object buffer is centred on the origin of the positions; the mean need not be the mid-point
-    # of the scan, so pad by the offset on both sides to keep every probe window inside the buffer.
-    skew = np.abs(positions.max(axis=0) + positions.min(axis=0)).max()
-    object_shape = get_suggested_object_size(positions, probe_guess.shape[-2:], extra=int(np.ceil(skew)) + 2)
-    probe = np.asarray(probe_guess, dtype=np.complex64).reshape(1, 1, *probe_guess.shape[-2:])
-
-    losses: list[float] = []
+    data = _prepare(diffraction_amplitude, probe_guess, ycoords, xcoords)
+    batch_size = balanced_batch_size(len(data.intensities), settings.batch_size)
+    tried: list[int] = []
     start = time.perf_counter()
-    with _isolated_ptychi_state(device):
-        task = PtychographyTask(
-            _build_options(settings, device, balanced_batch_size(len(intensities), settings.batch_size)),
-            diffraction_data=intensities,
-            object_data=np.ones((1, *object_shape), dtype=np.complex64),
-            probe_data=probe,
-            probe_position_x_px=positions[:, 1],
-            probe_position_y_px=positions[:, 0],
-        )
-        for epoch in range(1, settings.epochs + 1):
-            task.run(1)
-            losses.append(float(task.reconstructor.loss_tracker.table["loss"].iloc[-1]))
-            if on_epoch is not None:
-                on_epoch(epoch, losses[-1])
-        obj = task.get_data_to_cpu("object", as_numpy=True)[0].astype(np.complex64)
-        probe_out = task.get_data_to_cpu("probe", as_numpy=True)[0].astype(np.complex64)
-        origin = task.object.pos_origin_coords.detach().cpu().numpy()
-        ran_on = str(task.object.data.device)
-        del task
-    wall = time.perf_counter() - start
+    while True:
+        tried.append(batch_size)
+        try:
+            obj, probe, losses, origin, ran_on = _run_lsqml(data, settings, device, batch_size, on_epoch)
+            break
+        except torch.OutOfMemoryError as error:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(tried) > MAX_OOM_RETRIES or batch_size == 1:
+                raise GpuOutOfMemoryError(
+                    f"out of GPU memory on {device} with {len(data.intensities)} patterns at batch sizes {tried}"
+                ) from error
+            batch_size = max(1, batch_size // 2)
+            logger.warning("out of GPU memory at batch size %d: retrying at %d", tried[-1], batch_size)
     return ReconstructionResult(
         object=obj,
-        probe=probe_out,
+        probe=probe,
         loss_per_epoch=np.asarray(losses, dtype=np.float64),
-        wall_time_s=wall,
+        wall_time_s=time.perf_counter() - start,
         device=ran_on,
-        n_patterns=int(intensities.shape[0]),
+        n_patterns=int(data.intensities.shape[0]),
         settings=settings,
-        object_origin_yx=(mean_yx[0] - float(origin[0]), mean_yx[1] - float(origin[1])),
+        object_origin_yx=(data.center_yx[0] - float(origin[0]), data.center_yx[1] - float(origin[1])),
+        batch_sizes_tried=tuple(tried),
     )

@@ -65,7 +65,8 @@ def test_missing_sparse_view_is_a_successful_skip_with_a_warn_check(study_paths,
 def test_a_study_run_with_a_missing_sparse_view_succeeds_and_records_the_skip(study_paths, instance):
     plan = plan_study(select_jobs([1000], ["dense", "sparse"], ["test"]), study_paths.input_path,
                       {"dose": [1000], "view": ["dense", "sparse"], "split": ["test"]})
-    manifest = run_study(study_paths, plan, {"epochs": FAST_EPOCHS}, progress=lambda line: None, instance=instance)
+    outputs = run_study(study_paths, plan, {"epochs": FAST_EPOCHS}, progress=lambda line: None, instance=instance)
+    manifest = outputs["reconstruction_manifest"]
 
     runs = [run for run in instance.get_runs() if run.job_name in ("reconstruct_study", "summarize_study")]
     assert len(runs) == 3 and all(run.is_success for run in runs)  # two partitions, then the summaries

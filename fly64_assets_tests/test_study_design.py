@@ -76,8 +76,10 @@ def test_definitions_pin_assets_checks_and_jobs():
         "phase_c_patched",
         "phase_d_overlap",
         "ptychi_reconstruction",
+        "reconstruction_quality",
         "reconstruction_manifest",
         "skip_summary",
+        "study_report",
     }
     assert graph.asset_check_keys == {
         AssetCheckKey(AssetKey("phase_c_patched"), "data001"),
@@ -85,7 +87,8 @@ def test_definitions_pin_assets_checks_and_jobs():
         AssetCheckKey(AssetKey("ptychi_reconstruction"), "input_data001"),
     }
     assert graph.get(AssetKey("ptychi_reconstruction")).partitions_def.get_partition_keys() == STUDY_PARTITIONS.get_partition_keys()
-    for job in ("reconstruct_study", "summarize_study", "check_phase_c_inputs", "check_phase_d_inputs"):
+    jobs = ("reconstruct_study", "summarize_study", "score_study", "report_study", "check_phase_c_inputs", "check_phase_d_inputs")
+    for job in jobs:
         assert defs.resolve_job_def(job).name == job
 
 

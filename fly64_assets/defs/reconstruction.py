@@ -33,7 +33,7 @@ from fly64_assets.artifacts import captured_log, remove_stale_partials, write_by
 from fly64_assets.bookkeeping import LOG_NAME, RECONSTRUCTED, SKIPPED, SELECTION_FACTS, missing_reason
 from fly64_assets.contract import ContractError, load_valid
 from fly64_assets.defs.sources import file_sha256, missing_result, phase_c_patched, phase_d_overlap, violations_result
-from fly64_assets.ptychi_lsqml import LSQMLSettings, ReconstructionResult, reconstruct
+from fly64_assets.ptychi_lsqml import DeviceUnavailableError, GpuOutOfMemoryError, LSQMLSettings, ReconstructionResult, reconstruct
 from fly64_assets.resources import StudyPaths
 from fly64_assets.study import (
     DOSE_DIMENSION,
@@ -147,6 +147,9 @@ def ptychi_reconstruction(
     context: AssetExecutionContext, config: ReconstructionConfig, study_paths: StudyPaths
 ) -> Iterator:
     job = Job.from_partition_key(context.partition_key)
+    configuration_errors = study_paths.configuration_errors()
+    if configuration_errors:
+        raise Failure(description="the study's roots are misconfigured:\n" + "\n".join(configuration_errors))
     input_path = study_paths.input_path(job)
     if not input_path.exists():
         reason = missing_reason(job, input_path)
@@ -175,9 +178,14 @@ def ptychi_reconstruction(
 
     with captured_log(out_dir / LOG_NAME, ("ptychi", "fly64_assets")) as job_log:
         job_log.info("input %s (%d patterns), settings %s", input_path, len(arrays["diffraction"]), settings)
-        result = reconstruct(
-            arrays["diffraction"], arrays["probeGuess"], arrays["ycoords"], arrays["xcoords"], settings, report_epoch
-        )
+        try:
+            result = reconstruct(
+                arrays["diffraction"], arrays["probeGuess"], arrays["ycoords"], arrays["xcoords"], settings, report_epoch
+            )
+        except (DeviceUnavailableError, GpuOutOfMemoryError) as error:
+            raise Failure(description=f"{job.partition_key} not reconstructed: {error}") from error
+        if len(result.batch_sizes_tried) > 1:
+            context.log.warning(f"{job.partition_key}: out of GPU memory, batch sizes tried {list(result.batch_sizes_tried)}")
         saved = _save(job, result, study_paths)
         job_log.info("done in %.2f s on %s, final loss %.6g", result.wall_time_s, result.device, result.loss_per_epoch[-1])
 
@@ -197,6 +205,7 @@ def ptychi_reconstruction(
         "final_loss": float(result.loss_per_epoch[-1]),
         "object_origin_yx": list(result.object_origin_yx),
         "settings": result.settings.as_dict(),
+        "batch_size_used": result.batch_sizes_tried[-1],
         **facts,
     }
     yield Output(
@@ -208,7 +217,7 @@ def ptychi_reconstruction(
             "device": result.device,
             "n_patterns": result.n_patterns,
             "epochs": settings.epochs,
-            "batch_size": settings.batch_size,
+            "batch_size": result.batch_sizes_tried[-1],
             "loss_per_epoch": MetadataValue.json([round(v, 8) for v in result.loss_per_epoch.tolist()]),
             "preview": MetadataValue.md(figures.markdown_image(saved["preview"], job.partition_key)),
             "reconstruction_path": MetadataValue.path(saved["reconstruction_path"]),

@@ -1,0 +1,37 @@
+"""The study's answer, end to end through Dagster: quality against the truth improves with dose."""
+
+import csv
+import io
+from pathlib import Path
+
+from fly64_assets.bookkeeping import plan_study
+from fly64_assets.execution import run_study
+from fly64_assets.study import select_jobs
+
+REPORT_EPOCHS = 50
+
+
+def test_baseline_quality_improves_with_dose_and_the_report_shows_it(study_paths, instance):
+    plan = plan_study(select_jobs(views=["baseline"], splits=["train"]), study_paths.input_path,
+                      {"dose": [], "view": ["baseline"], "split": ["train"]})
+    study_report = run_study(study_paths, plan, {"epochs": REPORT_EPOCHS}, progress=lambda line: None,
+                             instance=instance)["study_report"]
+
+    rows = {(r["dose"], r["view"], r["split"]): r for r in study_report["rows"]}
+    baseline = [rows[(dose, "baseline", "train")] for dose in (1000, 10000, 100000)]
+    assert all(row["status"] == "succeeded" for row in baseline)
+    ssim = [row["phase_ssim"] for row in baseline]
+    mae = [row["phase_mae"] for row in baseline]
+    assert ssim[0] < ssim[1] < ssim[2], ssim
+    assert mae[0] > mae[1] > mae[2], mae
+    assert baseline[0]["frc_resolution_px"] > baseline[2]["frc_resolution_px"]
+    assert rows[(1000, "sparse", "train")]["status"] != "succeeded"  # skips stay skips in the report
+    assert "baseline phase SSIM" in study_report["headline"]
+
+    report_dir = Path(study_paths.artifact_root) / "report"
+    html = (report_dir / "study_report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3  # self-contained: every image inline
+    assert 'src="http' not in html and "<link" not in html
+    table = list(csv.DictReader(io.StringIO((report_dir / "quality.csv").read_text())))
+    assert len(table) == 18
+    assert {p.name for p in report_dir.iterdir()} >= {"phase_grid.png", "metrics_vs_dose.png", "resolution_vs_dose.png", "quality.md"}
