@@ -7,6 +7,7 @@ its partition (red) with every violation in the error.
 """
 
 import json
+import os
 import time
 from collections.abc import Iterator
 
@@ -52,12 +53,16 @@ GPU_POOL = "gpu"
 
 
 class ReconstructionConfig(Config):
-    """pty-chi LSQML options for this run (the defaults are the study's)."""
+    """pty-chi LSQML options for this run. The defaults are the study's; FLY64_EPOCHS and FLY64_DEVICE
+    change the defaults of a whole deployment (e.g. a quick look, or a CI instance) without run config."""
 
-    epochs: int = Field(default=100, ge=1, description="LSQML epochs.")
+    epochs: int = Field(default=int(os.environ.get("FLY64_EPOCHS", "100")), ge=1, description="LSQML epochs.")
     batch_size: int = Field(default=96, ge=1, description="Patterns per LSQML mini-batch.")
     noise_model: str = Field(default="gaussian", description="LSQML noise model: gaussian or poisson.")
-    device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda or cuda:<index>.")
+    device: str = Field(
+        default=os.environ.get("FLY64_DEVICE", "auto"),
+        description="auto (CUDA when present), cpu, cuda or cuda:<index>; cuda fails the step when no GPU is there.",
+    )
     log_every: int = Field(default=10, ge=1, description="Write the loss to the run log every this many epochs.")
 
     def settings(self) -> LSQMLSettings:
