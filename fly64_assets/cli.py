@@ -52,6 +52,26 @@ def _add_reconstruction(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:<index> (default auto)")
 
 
+def _add_workers(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers",
+        default="auto",
+        help="parallel worker processes; auto: GPUs x FLY64_JOBS_PER_GPU on a GPU machine, 1 on a CPU one",
+    )
+
+
+def _worker_count(requested: str) -> int:
+    if requested != "auto":
+        if not requested.isdigit() or int(requested) < 1:
+            raise UsageError(f"--workers must be a positive integer or auto, got {requested!r}")
+        return int(requested)
+    import torch
+
+    from fly64_assets.gpu_slots import jobs_per_gpu
+
+    return torch.cuda.device_count() * jobs_per_gpu() if torch.cuda.is_available() else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fly64", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -73,12 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_roots(run)
     _add_filters(run)
     _add_reconstruction(run)
+    _add_workers(run)
+
+    worker = commands.add_parser("run-partitions", help="(used by run --workers) reconstruct the given partitions here")
+    _add_roots(worker)
+    _add_reconstruction(worker)
+    worker.add_argument("--partition", action="append", required=True, help="a partition key, e.g. 1000|dense_train")
 
     report = commands.add_parser("report", help="score every reconstruction against the truth and write the study report")
     _add_roots(report)
 
     study = commands.add_parser("study", help="the whole default study: simulate if absent, run all, summarize")
     _add_reconstruction(study)
+    _add_workers(study)
     study.add_argument("--scale", choices=["demo", "full"], default="demo")
     return parser
 
@@ -178,7 +205,7 @@ def cmd_run(args) -> int:
     plan = _plan(args, paths)
     ensure_dagster_home()
     config = {"epochs": args.epochs, "batch_size": args.batch_size, "device": args.device}
-    outputs = run_study(paths, plan, config, progress=print)
+    outputs = run_study(paths, plan, config, progress=print, workers=_worker_count(args.workers))
     manifest, study_report = outputs["reconstruction_manifest"], outputs["study_report"]
     results = manifest["execution_results"]
     failed = [r for r in results if r["status"] != bookkeeping.RECONSTRUCTED]
@@ -188,6 +215,19 @@ def cmd_run(args) -> int:
     print(f"report:   {study_report['html_path']}")
     print(f"headline: {study_report['headline']}")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_run_partitions(args) -> int:
+    from fly64_assets.execution import reconstruct_partitions
+
+    try:
+        jobs = [Job.from_partition_key(key) for key in args.partition]
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    ensure_dagster_home()
+    config = {"epochs": args.epochs, "batch_size": args.batch_size, "device": args.device}
+    reconstruct_partitions(_paths(args), jobs, config, progress=lambda line: print(line, flush=True))
+    return EXIT_OK
 
 
 def cmd_report(args) -> int:
@@ -212,7 +252,7 @@ def cmd_study(args) -> int:
     run_args = argparse.Namespace(
         phase_c_root=defaults.phase_c_root, phase_d_root=defaults.phase_d_root, artifact_root=defaults.artifact_root,
         dose=[], view=[], split=[], allow_missing_phase_d=True,
-        epochs=args.epochs, batch_size=args.batch_size, device=args.device,
+        epochs=args.epochs, batch_size=args.batch_size, device=args.device, workers=args.workers,
     )
     code = cmd_run(run_args)
     print(f"study finished in {time.perf_counter() - started:.0f} s; results under {defaults.artifact_root}")
@@ -224,6 +264,7 @@ COMMANDS = {
     "check": cmd_check,
     "plan": cmd_plan,
     "run": cmd_run,
+    "run-partitions": cmd_run_partitions,
     "report": cmd_report,
     "study": cmd_study,
 }

@@ -6,6 +6,7 @@ check turns WARN on that partition so the gap is visible in the UI. An input tha
 its partition (red) with every violation in the error.
 """
 
+import dataclasses
 import json
 import os
 import time
@@ -33,6 +34,7 @@ from fly64_assets import figures
 from fly64_assets.artifacts import captured_log, remove_stale_partials, write_bytes, write_npz
 from fly64_assets.bookkeeping import LOG_NAME, RECONSTRUCTED, SKIPPED, SELECTION_FACTS, missing_reason
 from fly64_assets.contract import ContractError, load_valid
+from fly64_assets.gpu_slots import placed_device
 from fly64_assets.defs.sources import file_sha256, missing_result, phase_c_patched, phase_d_overlap, violations_result
 from fly64_assets.ptychi_lsqml import DeviceUnavailableError, GpuOutOfMemoryError, LSQMLSettings, ReconstructionResult, reconstruct
 from fly64_assets.resources import StudyPaths
@@ -181,7 +183,8 @@ def ptychi_reconstruction(
         if epoch % config.log_every == 0 or epoch == settings.epochs:
             context.log.info(f"{job.partition_key} epoch {epoch}/{settings.epochs} loss {loss:.6g}")
 
-    with captured_log(out_dir / LOG_NAME, ("ptychi", "fly64_assets")) as job_log:
+    with placed_device(config.device) as device, captured_log(out_dir / LOG_NAME, ("ptychi", "fly64_assets")) as job_log:
+        settings = dataclasses.replace(settings, device=device)
         job_log.info("input %s (%d patterns), settings %s", input_path, len(arrays["diffraction"]), settings)
         try:
             result = reconstruct(
