@@ -122,3 +122,25 @@ def test_dagster_asset_materialize_command_works(study_paths, tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     saved = np.load(Path(study_paths.artifact_root) / "dose_1000/dense/train/ptychi_reconstruction.npz", allow_pickle=False)
     assert saved["reconstructed_object"].dtype == np.complex64 and saved["loss_per_epoch"].shape == (100,)
+
+
+def test_run_with_two_workers_reconstructs_every_partition_once(study_paths, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    args = ["run", *_roots(study_paths), "--view", "dense", "--view", "sparse", "--split", "test",
+            "--allow-missing-phase-d", "--epochs", "10", "--workers", "2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("worker 1:") + out.count("worker 2:") == 6 and "worker 2:" in out
+    manifest, skips = _reports(study_paths)
+    assert [r["status"] for r in manifest["execution_results"]] == ["succeeded"] * 3
+    assert skips["missing_phase_d_count"] == 3
+
+
+def test_work_is_shared_largest_first_over_the_least_loaded_worker(study_paths):
+    from fly64_assets.execution import share_out
+    from fly64_assets.study import select_jobs
+
+    shares = share_out(select_jobs(doses=[1000]), study_paths, 2)
+    assert len(shares) == 2
+    assert {shares[0][0].view, shares[1][0].view} == {"baseline"}  # the two big jobs go to different workers
+    assert sorted(job.partition_key for share in shares for job in share) == sorted(j.partition_key for j in select_jobs(doses=[1000]))
