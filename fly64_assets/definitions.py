@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
+from dagster import AssetSelection, Definitions, define_asset_job
 
 from fly64_assets.defs.reconstruction import ptychi_reconstruction
 from fly64_assets.defs.report import reconstruction_quality, study_report
 from fly64_assets.defs.sources import phase_c_patched, phase_c_patched_data001, phase_d_overlap, phase_d_overlap_data001
 from fly64_assets.defs.summaries import reconstruction_manifest, skip_summary
+from fly64_assets.executors import study_executor
 from fly64_assets.io_manager import JsonIOManager
 from fly64_assets.resources import StudyPaths
 
@@ -68,8 +69,9 @@ def build_definitions(study_paths: StudyPaths) -> Definitions:
             "study_paths": study_paths,
             "io_manager": JsonIOManager(base_dir=str(study_paths.artifact_file(".values"))),
         },
-        # One step per run: executing it in the run's own process avoids re-importing torch per step.
-        executor=in_process_executor,
+        # Default in_process: a run's steps execute in its own process, no re-import of torch per step.
+        # FLY64_EXECUTOR=multiprocess|dask switches it (fly64_assets/executors.py, docs/CLUSTER.md).
+        executor=study_executor(study_paths=study_paths),
     )
 
 

@@ -34,6 +34,7 @@ from fly64_assets import figures
 from fly64_assets.artifacts import captured_log, remove_stale_partials, write_bytes, write_npz
 from fly64_assets.bookkeeping import LOG_NAME, RECONSTRUCTED, SKIPPED, SELECTION_FACTS, missing_reason
 from fly64_assets.contract import ContractError, load_valid
+from fly64_assets.executors import GPU_STEP_TAGS
 from fly64_assets.gpu_slots import placed_device
 from fly64_assets.defs.sources import file_sha256, missing_result, phase_c_patched, phase_d_overlap, violations_result
 from fly64_assets.ptychi_lsqml import DeviceUnavailableError, GpuOutOfMemoryError, LSQMLSettings, ReconstructionResult, reconstruct
@@ -138,12 +139,14 @@ def _json_text(document: dict) -> np.ndarray:
     partitions_def=STUDY_PARTITIONS,
     deps=_input_deps(),
     pool=GPU_POOL,
+    op_tags=GPU_STEP_TAGS,
     group_name="reconstruction",
     code_version="1",
     check_specs=[
         AssetCheckSpec(
             INPUT_CHECK,
             asset="ptychi_reconstruction",
+            partitions_def=STUDY_PARTITIONS,
             description="The partition's input exists and satisfies DATA-001. WARN marks an expected skip "
             "(e.g. a sparse view Phase D did not write), with its reason; ERROR lists the violations.",
         )

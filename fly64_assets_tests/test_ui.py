@@ -1,0 +1,365 @@
+"""The study end to end through the real UI: `dagster dev`, a backfill of all 18 partitions, a real browser.
+
+A tiny study (the demo synthetic tree, 5 LSQML epochs) is served by ``dagster dev`` on 127.0.0.1 with its own
+``DAGSTER_HOME``. The test launches the backfill exactly as the UI's "Materialize all" dialog does (GraphQL
+``launchPartitionBackfill`` with the five assets and all 18 partition keys), waits for the daemon to finish it,
+checks the outcome through GraphQL, then opens the asset graph, the reconstruction's partitions and checks, and
+the study report in headless Chromium and asserts what a person would see there. Screenshots go to
+``$FLY64_TEST_ARTIFACTS`` (default ``test-artifacts/ui`` in the project, git-ignored), with the server's log.
+
+Without Chromium the test is skipped, unless ``CI`` is set: then it fails (``.ci/run`` installs Chromium).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import yaml
+
+from fly64_assets.bookkeeping import RECONSTRUCTED, SKIPPED
+from fly64_assets.study import ALL_JOBS, STUDY_PARTITIONS
+from fly64_assets.synthetic import simulate_study
+from fly64_assets_tests.ui_helpers import Chromium, DagsterDev, find_chromium
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS_ENV = "FLY64_TEST_ARTIFACTS"
+
+RECONSTRUCTION = "ptychi_reconstruction"
+INPUT_CHECK = "input_data001"
+BACKFILL_ASSETS = ["ptychi_reconstruction", "reconstruction_manifest", "reconstruction_quality", "skip_summary", "study_report"]
+"""What the asset graph's "Materialize all (5)" selects: every materializable asset of the study."""
+PARTITIONED_ASSETS = {"ptychi_reconstruction", "reconstruction_quality"}
+SKIP_REASON = "sparse view not written by Phase D"
+SPARSE_KEYS = sorted(job.partition_key for job in ALL_JOBS if job.view == "sparse")
+EPOCHS = "5"
+BACKFILL_TIMEOUT_S = 900.0
+TERMINAL_BACKFILL_STATUSES = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+VIEWPORT = (1920, 1080)
+
+LAUNCH_BACKFILL = """
+mutation LaunchBackfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message stack }
+    ... on Error { message }
+  }
+}"""
+
+BACKFILL_STATUS = """
+query Backfill($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill {
+      status
+      numPartitions
+      error { message }
+      assetBackfillData {
+        assetBackfillStatuses {
+          __typename
+          ... on AssetPartitionsStatusCounts {
+            assetKey { path } numPartitionsTargeted numPartitionsInProgress numPartitionsMaterialized numPartitionsFailed
+          }
+          ... on UnpartitionedAssetStatus { assetKey { path } inProgress materialized failed }
+        }
+      }
+      runs { runId status tags { key value } }
+    }
+    ... on PythonError { message }
+  }
+}"""
+
+PARTITION_STATS = """
+query Stats($key: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $key) {
+    ... on AssetNode { partitionStats { numMaterialized numPartitions numFailed numMaterializing } }
+  }
+}"""
+
+CHECK_EXECUTIONS = """
+query Checks($key: AssetKeyInput!, $check: String!) {
+  assetCheckExecutions(assetKey: $key, checkName: $check, limit: 200) {
+    runId status partition timestamp
+    evaluation { severity success description partition }
+    run { tags { key value } }
+  }
+}"""
+
+
+def artifacts_dir() -> Path:
+    folder = Path(os.environ.get(ARTIFACTS_ENV) or REPO_ROOT / "test-artifacts" / "ui")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def chromium_or_skip() -> str:
+    executable = find_chromium()
+    if executable is None:
+        message = "Chromium is not installed (Debian: apt-get install chromium); the UI test needs a real browser"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but {message}: .ci/run installs it")
+        pytest.skip(message)
+    return executable
+
+
+def study_environment(root: Path) -> dict[str, str]:
+    """The server's environment: the tiny study's roots, a private Dagster instance, nothing inherited from FLY64_*."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FLY64_") and key != "DAGSTER_HOME"}
+    env.update(
+        FLY64_PHASE_C_ROOT=str(root / "inputs" / "phase_c"),
+        FLY64_PHASE_D_ROOT=str(root / "inputs" / "phase_d"),
+        FLY64_ARTIFACT_ROOT=str(root / "artifacts"),
+        FLY64_DATA_DIR=str(root / "data"),
+        FLY64_EPOCHS=EPOCHS,
+        DAGSTER_HOME=str(root / "dagster_home"),
+        VIRTUAL_ENV=str(Path(sys.executable).parent.parent),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+CPU_SLOTS = 2
+"""The CI machine has 2 cores and no GPU: 2 runs at once, and 2 reconstruction steps in the "gpu" pool."""
+
+
+def write_instance_config(dagster_home: Path) -> None:
+    """The project's dagster.yaml, sized for a 2-core machine without a GPU.
+
+    The project's pool limit (one reconstruction at a time: one per GPU) would serialise all 19 runs of the
+    backfill, skips included; on a CPU two at a time halve the wall time. The queue is polled every second.
+    Everything else is the project's.
+    """
+    config = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text()) or {}
+    concurrency = config.setdefault("concurrency", {})
+    runs = concurrency.setdefault("runs", {})
+    runs["max_concurrent_runs"] = min(int(runs.get("max_concurrent_runs", CPU_SLOTS)), CPU_SLOTS)
+    concurrency.setdefault("pools", {})["default_limit"] = CPU_SLOTS
+    # Start a queued run within a second of a slot freeing, not five (19 runs pass through the queue).
+    config["run_coordinator"] = {
+        "module": "dagster.core.run_coordinator",
+        "class": "QueuedRunCoordinator",
+        "config": {"dequeue_interval_seconds": 1},
+    }
+    config.setdefault("telemetry", {})["enabled"] = False
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def asset_key(name: str) -> dict:
+    return {"path": [name]}
+
+
+def ui_backfill_params() -> dict:
+    """What the UI sends (captured from dagster-webserver 1.13.27) for: asset graph, "Materialize all (5)…",
+    "All" doses, "All" view_splits, "Launch backfill"."""
+    return {
+        "tags": [{"key": "dagster/from_ui", "value": "true"}],
+        "assetSelection": [asset_key(name) for name in BACKFILL_ASSETS],
+        "partitionNames": STUDY_PARTITIONS.get_partition_keys(),
+        "fromFailure": False,
+    }
+
+
+def run_partition(run: dict) -> str | None:
+    return next((tag["value"] for tag in run["tags"] if tag["key"] == "dagster/partition"), None)
+
+
+@dataclass
+class UIStudy:
+    server: DagsterDev
+    root: Path
+    backfill_id: str
+    backfill: dict
+    backfill_seconds: float
+    shots: Path
+
+
+@pytest.fixture(scope="module")
+def ui_study(tmp_path_factory) -> UIStudy:
+    chromium_or_skip()  # before minutes of work that a missing browser would waste
+    root = tmp_path_factory.mktemp("ui_study")
+    simulate_study(root / "inputs", scale="demo")
+    write_instance_config(root / "dagster_home")
+    shots = artifacts_dir()
+    server = DagsterDev(REPO_ROOT, study_environment(root), log_path=root / "dagster_dev.log")
+    try:
+        server.start()
+        # What clicking "Skip" on the first visit's "Join the Dagster community" dialog records.
+        server.graphql("mutation { setNuxSeen }")
+        launched = server.graphql(LAUNCH_BACKFILL, {"params": ui_backfill_params()})["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", launched
+        backfill_id = launched["backfillId"]
+        started = time.monotonic()
+        while True:
+            backfill = server.graphql(BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+            assert backfill["__typename"] == "PartitionBackfill", backfill
+            if backfill["status"] in TERMINAL_BACKFILL_STATUSES:
+                break
+            if time.monotonic() - started > BACKFILL_TIMEOUT_S:
+                pytest.fail(f"backfill {backfill_id} still {backfill['status']} after {BACKFILL_TIMEOUT_S:.0f} s: {backfill}")
+            time.sleep(3.0)
+        yield UIStudy(server, root, backfill_id, backfill, time.monotonic() - started, shots)
+    finally:
+        server.stop()
+        if server.log_path.exists():
+            shutil.copyfile(server.log_path, shots / "dagster_dev.log")
+
+
+@pytest.fixture(scope="module")
+def browser(ui_study, tmp_path_factory):
+    chrome = Chromium(chromium_or_skip(), tmp_path_factory.mktemp("chromium_profile"), *VIEWPORT)
+    try:
+        yield chrome
+    finally:
+        chrome.close()
+
+
+def open_page(browser: Chromium, study: UIStudy, path: str, *needles: str) -> str:
+    """Go to a UI page, wait until it shows every needle and has stopped changing; returns its visible text."""
+    browser.navigate(study.server.url + path)
+    browser.wait_for_text(*needles, timeout_s=90)
+    browser.wait_until_settled()
+    return browser.text()
+
+
+# --- the backfill, through GraphQL ----------------------------------------------------------------------
+
+
+def test_backfill_of_the_whole_study_ends_successful(ui_study):
+    backfill = ui_study.backfill
+    print(f"backfill {ui_study.backfill_id}: {backfill['status']} in {ui_study.backfill_seconds:.0f} s")
+    assert backfill["status"] == "COMPLETED_SUCCESS", backfill
+    assert backfill["error"] is None
+    statuses = {"/".join(s["assetKey"]["path"]): s for s in backfill["assetBackfillData"]["assetBackfillStatuses"]}
+    assert set(statuses) == set(BACKFILL_ASSETS)
+    for name in PARTITIONED_ASSETS:
+        counts = statuses[name]
+        assert (counts["numPartitionsTargeted"], counts["numPartitionsMaterialized"]) == (18, 18), counts
+        assert (counts["numPartitionsFailed"], counts["numPartitionsInProgress"]) == (0, 0), counts
+    for name in set(BACKFILL_ASSETS) - PARTITIONED_ASSETS:
+        assert statuses[name]["materialized"] and not statuses[name]["failed"], statuses[name]
+    runs = backfill["runs"]
+    assert runs and all(run["status"] == "SUCCESS" for run in runs), [(run_partition(r), r["status"]) for r in runs]
+    assert {run_partition(run) for run in runs} >= {job.partition_key for job in ALL_JOBS}
+
+    stats = ui_study.server.graphql(PARTITION_STATS, {"key": asset_key(RECONSTRUCTION)})["assetNodeOrError"]["partitionStats"]
+    assert stats == {"numMaterialized": 18, "numPartitions": 18, "numFailed": 0, "numMaterializing": 0}
+
+
+def test_the_six_sparse_skips_are_warn_checks_with_their_reason(ui_study):
+    executions = ui_study.server.graphql(CHECK_EXECUTIONS, {"key": asset_key(RECONSTRUCTION), "check": INPUT_CHECK})["assetCheckExecutions"]
+    backfill_runs = {run["runId"] for run in ui_study.backfill["runs"]}
+    latest: dict[str, dict] = {}
+    for execution in sorted(executions, key=lambda e: e["timestamp"]):
+        if execution["runId"] in backfill_runs:
+            # Per-partition checks carry their partition; otherwise the run's partition tag says which one.
+            latest[execution["partition"] or run_partition(execution["run"])] = execution
+    assert sorted(latest) == sorted(job.partition_key for job in ALL_JOBS)
+    warned = {key: e for key, e in latest.items() if not e["evaluation"]["success"]}
+    assert sorted(warned) == SPARSE_KEYS
+    for key, execution in warned.items():
+        evaluation = execution["evaluation"]
+        assert execution["status"] == "FAILED" and evaluation["severity"] == "WARN", (key, execution)
+        assert SKIP_REASON in evaluation["description"], (key, evaluation["description"])
+    passed = {key: e for key, e in latest.items() if e["evaluation"]["success"]}
+    assert len(passed) == 12 and all(e["status"] == "SUCCEEDED" for e in passed.values())
+
+
+def test_skips_reach_the_summaries_and_the_report(ui_study):
+    artifacts = ui_study.root / "artifacts"
+    skips = json.loads((artifacts / "skip_summary.json").read_text())
+    assert skips["skipped_count"] == 6 and skips["missing_phase_d_count"] == 6
+    assert all(SKIP_REASON in job["reason"] for job in skips["skipped_jobs"])
+    manifest = json.loads((artifacts / "reconstruction_manifest.json").read_text())
+    assert sorted(r["status"] for r in manifest["execution_results"]) == [RECONSTRUCTED] * 12
+    assert len(manifest["missing_jobs"]) == 6
+    assert (artifacts / "report" / "study_report.html").is_file()
+
+
+# --- what a person sees ---------------------------------------------------------------------------------
+
+
+def test_asset_graph_shows_the_study(ui_study, browser):
+    open_page(browser, ui_study, "/asset-groups", "inputs", "reconstruction", "summaries", "report")
+    browser.press_key("e", "KeyE", 69, alt=True)  # the graph's "Expand all groups" shortcut (⌥E)
+    text = browser.wait_for_text("phase_c_patched", "skip_summary", "study_report", "18 partitions")
+    browser.wait_until_settled()
+    browser.screenshot(ui_study.shots / "01_asset_graph.png")
+    assert "Materialize all (5)" in text
+    assert text.count("18 partitions") >= 2  # ptychi_reconstruction and reconstruction_quality
+    assert "100% filled" in text
+    assert "Failed" not in text
+
+
+def test_partitions_page_shows_18_partitions_all_materialized(ui_study, browser):
+    text = open_page(
+        browser, ui_study, f"/assets/{RECONSTRUCTION}?view=partitions", "18 Partitions Selected", "Materialized (18)"
+    )
+    browser.screenshot(ui_study.shots / "02_reconstruction_partitions.png")
+    for label in ("Failed (0)", "Materializing (0)", "Missing (0)"):
+        assert label in text
+    for key in ("1000", "10000", "100000", "baseline_train", "baseline_test", "dense_train", "dense_test", "sparse_train", "sparse_test"):
+        assert key in text.split("\n"), key
+
+
+def test_skipped_partition_page_shows_the_reason(ui_study, browser):
+    key = "1000|sparse_train"
+    text = open_page(browser, ui_study, f"/assets/{RECONSTRUCTION}?view=partitions&partition={quote(key, safe='')}", key, SKIP_REASON)
+    browser.screenshot(ui_study.shots / "03_skipped_partition_1000_sparse_train.png")
+    lines = [line.strip() for line in text.split("\n") if line.strip()]
+    assert SKIPPED in lines, "the partition's metadata shows status skipped"
+    assert "sparse_train.npz absent" in text
+
+
+def test_reconstructed_partition_page_shows_its_preview(ui_study, browser):
+    key = "100000|baseline_train"
+    open_page(browser, ui_study, f"/assets/{RECONSTRUCTION}?view=partitions&partition={quote(key, safe='')}", key, "final_loss", "preview")
+    browser.screenshot(ui_study.shots / "04_reconstructed_partition_100000_baseline_train.png")
+    assert RECONSTRUCTED in browser.text().split("\n")
+
+
+def test_checks_tab_lists_six_warnings_and_twelve_passes(ui_study, browser):
+    open_page(browser, ui_study, f"/assets/{RECONSTRUCTION}?view=checks", INPUT_CHECK, "Execution history")
+    browser.screenshot(ui_study.shots / "05_input_check_overview.png")
+    assert browser.click_text("Execution history")
+    text = browser.wait_for_text("DATA-001 satisfied", SKIP_REASON)
+    browser.wait_until_settled()
+    text = browser.text()
+    browser.screenshot(ui_study.shots / "06_input_check_history.png", full_page=True)
+    assert text.count(SKIP_REASON) == 6, text
+    assert text.count("DATA-001 satisfied") == 12, text
+
+
+def test_study_report_page_renders_its_images(ui_study, browser):
+    open_page(browser, ui_study, "/assets/study_report", "headline", "[Show Markdown]")
+    browser.screenshot(ui_study.shots / "07_study_report.png")
+    assert browser.click_text("[Show Markdown]")
+    browser.wait_for_text("FRC resolution against dose", "Quality per job")
+    browser.wait_for(
+        lambda: browser.evaluate(
+            "[...document.querySelectorAll('img[src^=\"data:image/png\"]')].filter(i => i.complete && i.naturalWidth > 0).length"
+        )
+        >= 2,
+        "the report's images decoded",
+    )
+    images = browser.evaluate(
+        "[...document.querySelectorAll('img[src^=\"data:image/png\"]')]"
+        ".map(i => ({alt: i.alt, width: i.naturalWidth, height: i.naturalHeight, shown: i.getBoundingClientRect().width}))"
+    )
+    by_name = {image["alt"]: image for image in images}
+    assert {"metrics_vs_dose.png", "resolution_vs_dose.png", "phase_grid.png"} <= set(by_name), images
+    assert all(image["width"] > 100 and image["height"] > 100 and image["shown"] > 100 for image in by_name.values()), images
+    browser.evaluate("document.querySelector('img[alt=\"metrics_vs_dose.png\"]').scrollIntoView({block: 'center'})")
+    browser.screenshot(ui_study.shots / "08_study_report_markdown.png")
+    browser.evaluate("document.querySelector('img[alt=\"phase_grid.png\"]').scrollIntoView({block: 'center'})")
+    browser.screenshot(ui_study.shots / "09_study_report_phase_grid.png")
+    text = browser.text()
+    assert text.count(SKIP_REASON) == 6, "the report's table lists each skipped job with its reason"
