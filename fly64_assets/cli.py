@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_filters(run)
     _add_reconstruction(run)
     _add_workers(run)
+    run.add_argument("--max-concurrent-runs", type=int, default=1,
+                     help="with FLY64_EXECUTOR=dask|multiprocess: partitions in flight at once (docs/CLUSTER.md)")
 
     worker = commands.add_parser("run-partitions", help="(used by run --workers) reconstruct the given partitions here")
     _add_roots(worker)
@@ -205,7 +207,19 @@ def cmd_run(args) -> int:
     plan = _plan(args, paths)
     ensure_dagster_home()
     config = {"epochs": args.epochs, "batch_size": args.batch_size, "device": args.device}
-    outputs = run_study(paths, plan, config, progress=print, workers=_worker_count(args.workers))
+    from fly64_assets.executors import IN_PROCESS, DaskSetupError, executor_name, run_study_on_executor
+
+    try:
+        choice = executor_name()
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    try:
+        if choice == IN_PROCESS:
+            outputs = run_study(paths, plan, config, progress=print, workers=_worker_count(args.workers))
+        else:
+            outputs = run_study_on_executor(paths, plan, config, progress=print, max_concurrent_runs=args.max_concurrent_runs)
+    except DaskSetupError as error:
+        raise UsageError(str(error)) from error
     manifest, study_report = outputs["reconstruction_manifest"], outputs["study_report"]
     results = manifest["execution_results"]
     failed = [r for r in results if r["status"] != bookkeeping.RECONSTRUCTED]
@@ -253,6 +267,7 @@ def cmd_study(args) -> int:
         phase_c_root=defaults.phase_c_root, phase_d_root=defaults.phase_d_root, artifact_root=defaults.artifact_root,
         dose=[], view=[], split=[], allow_missing_phase_d=True,
         epochs=args.epochs, batch_size=args.batch_size, device=args.device, workers=args.workers,
+        max_concurrent_runs=1,
     )
     code = cmd_run(run_args)
     print(f"study finished in {time.perf_counter() - started:.0f} s; results under {defaults.artifact_root}")

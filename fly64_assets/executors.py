@@ -220,7 +220,11 @@ def _study_dask_executor_class():
     from dagster._core.errors import raise_execution_interrupts
     from dagster._core.events import DagsterEvent
     from dagster._utils import iterate_with_context
-    from dagster_dask.executor import DaskExecutor, get_dask_resource_requirements, query_on_dask_worker
+    from dagster_dask.executor import (
+        DaskExecutor,
+        get_dask_resource_requirements,
+        query_on_dask_worker,
+    )
 
     class StudyDaskExecutor(DaskExecutor):
         def _start_cluster(self, job_name: str):
@@ -371,10 +375,9 @@ def filesystem_of(path: str | Path, mounts_text: str | None = None) -> tuple[str
     best: tuple[str, str] | None = None
     for point, fstype in _mount_entries(mounts_text):
         mount = Path(point)
-        if target == mount or target.is_relative_to(mount):
-            # The longest mount point wins; among equal ones the later mount (it hides the earlier).
-            if best is None or len(mount.parts) >= len(Path(best[1]).parts):
-                best = (fstype, point)
+        # The longest mount point wins; among equal ones the later mount (it hides the earlier).
+        if target.is_relative_to(mount) and (best is None or len(mount.parts) >= len(Path(best[1]).parts)):
+            best = (fstype, point)
     return best
 
 
@@ -565,7 +568,7 @@ def run_partition_on_executor(
     """Reconstruct and score one study partition (the ``reconstruct_study`` job) on the chosen executor."""
     from fly64_assets.definitions import RECONSTRUCT_JOB
 
-    run_config = {**QUIET, "ops": {"ptychi_reconstruction": {"config": dict(reconstruction_config)}}}
+    run_config = _partition_run_config(reconstruction_config)
     return run_on_executor(RECONSTRUCT_JOB, study_paths, instance, run_config, partition_key, executor_choice, cluster)
 
 
@@ -579,12 +582,36 @@ def _launcher_processes():
     return multiprocessing.get_context("spawn")
 
 
-def _run_partition_in_child(partition_key, paths_dict, reconstruction_config, instance_ref, executor_choice, cluster):
-    """:func:`run_partition_on_executor` in a process of its own (a spawned pool worker)."""
+def _partition_run_config(reconstruction_config: Mapping) -> dict:
+    return {**QUIET, "ops": {"ptychi_reconstruction": {"config": dict(reconstruction_config)}}}
+
+
+def _run_partition_in_child(run_id, paths_dict, instance_ref, executor_choice, cluster) -> RunOutcome:
+    """Execute a run the launcher created (:func:`run_study_on_executor`), in a process of its own."""
+    from dagster._core.execution.api import execute_run
+
+    from fly64_assets.definitions import RECONSTRUCT_JOB
+
     with DagsterInstance.from_ref(instance_ref) as instance:
-        return run_partition_on_executor(
-            StudyPaths(**paths_dict), partition_key, reconstruction_config, instance, executor_choice, cluster
+        job = reconstructable_study_job(RECONSTRUCT_JOB, StudyPaths(**paths_dict), executor_choice, cluster)
+        started = time.perf_counter()
+        result = execute_run(job, instance.get_run_by_id(run_id), instance, raise_on_error=False)
+        return RunOutcome(
+            run_id=run_id,
+            success=result.success,
+            seconds=time.perf_counter() - started,
+            error=None if result.success else run_failure_message(result),
         )
+
+
+def _child_outcome(future, dagster_run, instance: DagsterInstance) -> RunOutcome:
+    """The child's outcome; a child that died before finishing its run leaves the run marked failed."""
+    try:
+        return future.result()
+    except Exception as error:  # noqa: BLE001 - the process died, or the run could not even start
+        if not instance.get_run_by_id(dagster_run.run_id).is_finished:
+            instance.report_run_failed(dagster_run, f"the process executing it failed: {error!r}")
+        return RunOutcome(run_id=dagster_run.run_id, success=False, seconds=0.0, error=repr(error))
 
 
 def _report_partitions(finished, plan, executor_choice: str, progress: Callable[[str], None]) -> None:
@@ -633,12 +660,27 @@ def run_study_on_executor(
     if concurrent:
         # Dagster's execute_job is not thread-safe (it reconfigures logging per run): one process per
         # in-flight run, like the daemon's run workers; the steps themselves run on the cluster.
-        context = _launcher_processes()
+        # The runs are created here, one after another (concurrent first runs of a job race on its snapshot
+        # in a sqlite instance); the processes only execute them.
+        from fly64_assets.definitions import RECONSTRUCT_JOB
+        from fly64_assets.study import STUDY_PARTITIONS
+
+        recon = reconstructable_study_job(RECONSTRUCT_JOB, paths, chosen, cluster)
+        runs = {
+            job: instance.create_run_for_job(
+                job_def=recon.get_definition(),
+                run_config=_partition_run_config(reconstruction_config),
+                tags=STUDY_PARTITIONS.get_tags_for_partition_key(job.partition_key),
+                job_code_origin=recon.get_python_origin(),
+            )
+            for job in jobs
+        }
         paths_dict = {"phase_c_root": paths.phase_c_root, "phase_d_root": paths.phase_d_root, "artifact_root": paths.artifact_root}
-        arguments = (paths_dict, dict(reconstruction_config), instance.get_ref(), chosen, cluster)
-        with ProcessPoolExecutor(max_workers=min(max_concurrent_runs, len(jobs)), mp_context=context) as pool:
-            pending = {pool.submit(_run_partition_in_child, job.partition_key, *arguments): job for job in jobs}
-            finished = ((pending[future], future.result()) for future in as_completed(pending))
+        arguments = (paths_dict, instance.get_ref(), chosen, cluster)
+        pool = ProcessPoolExecutor(max_workers=min(max_concurrent_runs, len(jobs)), mp_context=_launcher_processes())
+        with pool:
+            pending = {pool.submit(_run_partition_in_child, runs[job].run_id, *arguments): job for job in jobs}
+            finished = ((pending[f], _child_outcome(f, runs[pending[f]], instance)) for f in as_completed(pending))
             _report_partitions(finished, plan, chosen, progress)
     else:
         finished = (

@@ -1,6 +1,7 @@
 """The study on a real dask cluster: executor choice, the GPU resource tag, the multi-node refusals, and a
 small study on a scheduler with two worker processes (one declaring GPU=1) compared with a local run."""
 
+import itertools
 import os
 import socket
 import subprocess
@@ -11,7 +12,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from dagster import AssetKey, DagsterEventType, in_process_executor, instance_for_test, multiprocess_executor
+from dagster import (
+    AssetKey,
+    DagsterEventType,
+    in_process_executor,
+    instance_for_test,
+    multiprocess_executor,
+)
 from dagster._core.execution.api import create_execution_plan
 
 from fly64_assets import executors
@@ -80,7 +87,10 @@ def test_the_executor_is_chosen_by_fly64_executor_and_defaults_to_in_process(cle
 
 
 def test_only_the_reconstruction_step_asks_dask_for_a_gpu(study_paths):
-    from dagster_dask.executor import DASK_RESOURCE_REQUIREMENTS_KEY, get_dask_resource_requirements
+    from dagster_dask.executor import (
+        DASK_RESOURCE_REQUIREMENTS_KEY,
+        get_dask_resource_requirements,
+    )
 
     assert set(GPU_STEP_TAGS) == {DASK_RESOURCE_REQUIREMENTS_KEY}
     defs = build_definitions(study_paths)
@@ -183,7 +193,7 @@ def _dask_cluster(log_dir: Path):
 
     worker = [
         "distributed.cli.dask_worker", address, "--host", "127.0.0.1", "--nthreads", "1", "--no-dashboard",
-        "--death-timeout", "120",
+        "--death-timeout", "120", "--local-directory", str(log_dir),
     ]
     try:
         start("scheduler", ["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--no-dashboard"])
@@ -263,7 +273,7 @@ def test_a_small_study_on_a_real_dask_cluster_runs_every_reconstruction_on_the_g
             # The runs overlapped: two were in flight, waiting for the one GPU worker, at the same time.
             records = {record.dagster_run.run_id: record for record in instance.get_run_records()}
             spans = sorted((records[run.run_id].start_time, records[run.run_id].end_time) for run in reconstruct_runs)
-            assert any(later_start < earlier_end for (_, earlier_end), (later_start, _) in zip(spans, spans[1:])), spans
+            assert any(later_start < earlier_end for (_, earlier_end), (later_start, _) in itertools.pairwise(spans)), spans
 
             # Every partition materialized, as a reconstruction or as a recorded skip.
             statuses = {}
