@@ -1,12 +1,18 @@
-"""The whole study, the old way against fly64 through Dagster, on the same synthetic study, in one call.
+"""The whole study four ways on the same synthetic data, in one call: the old way against the paths users drive.
 
-    python bench/compare_study.py [--scale full] [--max-patterns 1000] [--epochs 100] [--workers auto]
+    python bench/compare_study.py [--scale demo|full] [--max-patterns 0] [--epochs 5] [--paths old,ui,fly64,materialize]
 
-(a) the old way: one plain pty-chi process per job (bench/old_way_job.py), jobs one after another;
-(b) ``fly64 run`` as a user launches it: every partition a Dagster run, in ``--workers`` processes that
-    each lease a GPU slot (GPUs x FLY64_JOBS_PER_GPU on a GPU machine).
-Prints the wall time of each, their ratio, the per-partition Dagster overhead, GPU utilisation (when
-nvidia-smi is there) and both studies' error against the truth. Everything is written under --out.
+(a) old:         the old way: one plain pty-chi process per dataset (bench/old_way_job.py), one after another;
+(b) ui:          the UI backfill path: ``dagster dev`` (its daemon) with the repository's shipped dagster.yaml, the
+                 backfill launched with the GraphQL request the UI's "Materialize all" sends for all 18 partitions,
+                 timed from the launch until the backfill is complete (the server is started before: a user's is
+                 already running);
+(c) fly64:       ``fly64 run`` (input checks, the partitions in one range run, the summaries);
+(d) materialize: ``dagster asset materialize`` of the 18 partitions in one range run, then of the summaries.
+
+Each Dagster path gets a fresh instance and artifact root. Printed: wall time, the old way's time divided by it,
+runs (or processes) started, per-partition overhead ((wall - the sum of the reconstructions' own times) / 18) and
+the mean phase error against the truth over the reconstructed datasets (the study report's scoring box).
 """
 
 import argparse
@@ -26,11 +32,16 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fly64_assets.quality import compare_to_truth  # noqa: E402
-from fly64_assets.study import ALL_JOBS, Job  # noqa: E402
-from fly64_assets.synthetic import simulate_study  # noqa: E402
+from fly64_assets.core.bookkeeping import RECONSTRUCTION_RECORD, read_record  # noqa: E402
+from fly64_assets.core.design import ALL_DATASETS, Dataset  # noqa: E402
+from fly64_assets.core.quality import compare_to_truth  # noqa: E402
+from fly64_assets.core.synthetic import simulate_study  # noqa: E402
+from fly64_assets_tests.dagster_dev import DagsterDev, run_ui_backfill  # noqa: E402
 
 PER_PATTERN_KEYS = ("diffraction", "xcoords", "ycoords", "scan_index", "Y", "filenames", "nn_indices")
+WHOLE_STUDY_RANGE = "1000|baseline_train...100000|sparse_test"
+PATHS = ("old", "ui", "fly64", "materialize")
+BIN = Path(sys.executable).parent
 
 
 def capped_copy(source: Path, target: Path, max_patterns: int | None) -> None:
@@ -47,7 +58,7 @@ def capped_copy(source: Path, target: Path, max_patterns: int | None) -> None:
 
 
 class GpuSampler:
-    """Mean GPU utilisation from nvidia-smi, sampled twice a second while a phase runs."""
+    """Mean GPU utilisation from nvidia-smi, sampled twice a second while a path runs."""
 
     def __init__(self) -> None:
         self.samples: list[float] = []
@@ -72,104 +83,170 @@ class GpuSampler:
 
     def summary(self) -> str:
         if not self.available:
-            return "n/a (no nvidia-smi)"
-        return f"{np.mean(self.samples):.0f} % mean, {np.max(self.samples):.0f} % peak" if self.samples else "no samples"
+            return "n/a"
+        return f"{np.mean(self.samples):.0f}% mean" if self.samples else "no samples"
 
 
-def run_old_way(inputs: Path, out: Path, jobs: list[Job], epochs: int, batch: int) -> float:
+class Study:
+    """The inputs and where each path writes."""
+
+    def __init__(self, out: Path, epochs: int, batch: int) -> None:
+        self.out, self.epochs, self.batch = out, epochs, batch
+        self.inputs = out / "inputs"
+        self.datasets = [d for d in ALL_DATASETS if self.input_path(d).is_file()]
+
+    def input_path(self, dataset: Dataset) -> Path:
+        return dataset.input_path(self.inputs / "phase_c", self.inputs / "phase_d")
+
+    def environment(self, name: str) -> dict[str, str]:
+        """A fresh instance (the shipped dagster.yaml) and artifact root for one Dagster path."""
+        home = self.out / name / "dagster_home"
+        home.mkdir(parents=True)
+        shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+        env = {key: value for key, value in os.environ.items() if not key.startswith("FLY64_")}
+        return {
+            **env,
+            "DAGSTER_HOME": str(home),
+            "FLY64_PHASE_C_ROOT": str(self.inputs / "phase_c"),
+            "FLY64_PHASE_D_ROOT": str(self.inputs / "phase_d"),
+            "FLY64_ARTIFACT_ROOT": str(self.out / name / "artifacts"),
+            "FLY64_DATA_DIR": str(self.out / name / "data"),
+            "FLY64_EPOCHS": str(self.epochs),
+            "VIRTUAL_ENV": str(BIN.parent),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+
+def phase_error(study: Study, dataset: Dataset, recon: np.ndarray, origin_yx) -> float:
+    """Phase MAE against the truth over the split's Phase C scan box (as the study report scores it)."""
+    baseline = np.load(study.input_path(Dataset(dataset.dose, "baseline", dataset.split)), allow_pickle=False)
+    box = (baseline["ycoords"].min(), baseline["ycoords"].max(), baseline["xcoords"].min(), baseline["xcoords"].max())
+    return compare_to_truth(recon, baseline["objectGuess"], tuple(origin_yx), box).phase_mae
+
+
+def run_old_way(study: Study) -> dict:
+    out = study.out / "old"
+    out.mkdir()
     started = time.perf_counter()
-    for job in jobs:
-        result = out / f"{job.dose}_{job.view_split}.npz"
-        subprocess.run([sys.executable, str(REPO / "bench" / "old_way_job.py"), str(job.input_path(inputs / "phase_c", inputs / "phase_d")),
-                        str(result), "--epochs", str(epochs), "--batch-size", str(batch)], check=True, capture_output=True)
-    return time.perf_counter() - started
+    for dataset in study.datasets:
+        subprocess.run([sys.executable, str(REPO / "bench" / "old_way_job.py"), str(study.input_path(dataset)),
+                        str(out / f"{dataset.dose}_{dataset.view_split}.npz"), "--epochs", str(study.epochs),
+                        "--batch-size", str(study.batch)], check=True, capture_output=True)
+    wall = time.perf_counter() - started
+    errors, recon_seconds = [], 0.0
+    for dataset in study.datasets:
+        saved = np.load(out / f"{dataset.dose}_{dataset.view_split}.npz", allow_pickle=False)
+        errors.append(phase_error(study, dataset, saved["reconstructed_object"], saved["object_origin_yx"]))
+        recon_seconds += float(saved["wall_time_s"])
+    return {"wall": wall, "started": f"{len(study.datasets)} processes", "recon": recon_seconds, "errors": errors}
 
 
-def run_fly64(inputs: Path, artifacts: Path, home: Path, epochs: int, batch: int, workers: str) -> float:
-    home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    env = {**os.environ, "DAGSTER_HOME": str(home)}
-    command = [sys.executable, "-m", "fly64_assets.cli", "run", "--phase-c-root", str(inputs / "phase_c"),
-               "--phase-d-root", str(inputs / "phase_d"), "--artifact-root", str(artifacts), "--allow-missing-phase-d",
-               "--epochs", str(epochs), "--batch-size", str(batch), "--workers", workers]
+def dagster_results(study: Study, env: dict, wall: float, started: str) -> dict:
+    """Errors against the truth and reconstruction time from the records a Dagster path left."""
+    artifacts = Path(env["FLY64_ARTIFACT_ROOT"])
+    errors, recon_seconds = [], 0.0
+    for dataset in study.datasets:
+        record = read_record(dataset.artifact_dir(artifacts), RECONSTRUCTION_RECORD)
+        if record is None:
+            raise RuntimeError(f"{dataset.partition_key} was not reconstructed under {artifacts}")
+        saved = np.load(record["reconstruction_path"], allow_pickle=False)
+        errors.append(phase_error(study, dataset, saved["reconstructed_object"], record["object_origin_yx"]))
+        recon_seconds += record["wall_time_s"]
+    manifest = json.loads((artifacts / "reconstruction_manifest.json").read_text())
+    if any(result["status"] != "succeeded" for result in manifest["execution_results"]):
+        raise RuntimeError(f"not every reconstruction succeeded: {manifest['execution_results']}")
+    return {"wall": wall, "started": started, "recon": recon_seconds, "errors": errors}
+
+
+def count_runs(env: dict) -> int:
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        return len(instance.get_runs())
+
+
+def run_ui_path(study: Study) -> dict:
+    env = study.environment("ui")
+    server = DagsterDev(REPO, env, log_path=study.out / "ui" / "dagster_dev.log")
+    try:
+        server.start()
+        server.graphql("mutation { setNuxSeen }")
+        keys = [dataset.partition_key for dataset in ALL_DATASETS]
+        _, backfill, wall = run_ui_backfill(server, keys, timeout_s=3600, poll_s=0.5)
+    finally:
+        server.stop()
+    if backfill["status"] != "COMPLETED_SUCCESS":
+        raise RuntimeError(f"the backfill ended {backfill['status']}; see {server.log_path}")
+    return dagster_results(study, env, wall, f"{len(backfill['runs'])} runs")
+
+
+def run_fly64_path(study: Study) -> dict:
+    env = study.environment("fly64")
+    command = [str(BIN / "fly64"), "run", "--allow-missing-phase-d", "--epochs", str(study.epochs),
+               "--batch-size", str(study.batch)]
     started = time.perf_counter()
     subprocess.run(command, check=True, env=env, cwd=REPO, capture_output=True)
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    return dagster_results(study, env, wall, f"{count_runs(env)} runs")
 
 
-def dagster_overheads(home: Path, records: dict[Job, dict]) -> tuple[float, float]:
-    """Mean over partitions of (Dagster run wall - reconstruction) and (asset step - reconstruction)."""
-    from dagster import DagsterInstance
-    from dagster._core.instance.ref import InstanceRef
-
-    run_minus, step_minus = [], []
-    with DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
-        for run in instance.get_runs():
-            key = run.tags.get("dagster/partition")
-            if run.job_name != "reconstruct_study" or key is None or Job.from_partition_key(key) not in records:
-                continue
-            stats = instance.get_run_stats(run.run_id)
-            record = records[Job.from_partition_key(key)]
-            run_minus.append(stats.end_time - stats.start_time - record["wall_time_s"])
-            step_minus.append(record["step_time_s"] - record["wall_time_s"])
-    return float(np.mean(run_minus)), float(np.mean(step_minus))
+def run_materialize_path(study: Study) -> dict:
+    env = study.environment("materialize")
+    base = [str(BIN / "dagster"), "asset", "materialize", "-m", "fly64_assets.definitions"]
+    started = time.perf_counter()
+    subprocess.run([*base, "--select", "ptychi_reconstruction,reconstruction_quality", "--partition-range", WHOLE_STUDY_RANGE],
+                   check=True, env=env, cwd=REPO, capture_output=True)
+    subprocess.run([*base, "--select", "reconstruction_manifest,skip_summary,study_report"],
+                   check=True, env=env, cwd=REPO, capture_output=True)
+    wall = time.perf_counter() - started
+    return dagster_results(study, env, wall, f"{count_runs(env)} runs")
 
 
-def phase_error(recon_path: Path, origin_yx, job: Job, inputs: Path) -> float:
-    """Phase MAE against the truth over the split's Phase C scan box (as the study report scores it)."""
-    baseline = np.load(Job(job.dose, "baseline", job.split).input_path(inputs / "phase_c", inputs / "phase_d"), allow_pickle=False)
-    box = (baseline["ycoords"].min(), baseline["ycoords"].max(), baseline["xcoords"].min(), baseline["xcoords"].max())
-    recon = np.load(recon_path, allow_pickle=False)["reconstructed_object"]
-    return compare_to_truth(recon, baseline["objectGuess"], tuple(origin_yx), box).phase_mae
+RUNNERS = {"old": run_old_way, "ui": run_ui_path, "fly64": run_fly64_path, "materialize": run_materialize_path}
+LABELS = {
+    "old": "(a) old way: a pty-chi process per dataset",
+    "ui": "(b) UI backfill (dagster dev daemon)",
+    "fly64": "(c) fly64 run",
+    "materialize": "(d) dagster asset materialize (2 commands)",
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=["demo", "full"], default="full")
-    parser.add_argument("--max-patterns", type=int, default=1000, help="cap per job (0: no cap)")
-    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--scale", choices=["demo", "full"], default="demo")
+    parser.add_argument("--max-patterns", type=int, default=0, help="cap per dataset (0: no cap)")
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=96)
-    parser.add_argument("--workers", default="auto", help="fly64 run --workers")
+    parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated, from {','.join(PATHS)} (old is always run)")
     parser.add_argument("--out", type=Path, default=REPO / "bench-output")
     args = parser.parse_args()
+    chosen = ["old", *[p for p in args.paths.split(",") if p in PATHS and p != "old"]]
 
     out = args.out.resolve()
     shutil.rmtree(out, ignore_errors=True)
     simulate_study(out / "simulated", scale=args.scale)
-    inputs = out / "inputs"
-    capped_copy(out / "simulated", inputs, args.max_patterns or None)
-    jobs = [job for job in ALL_JOBS if job.input_path(inputs / "phase_c", inputs / "phase_d").is_file()]
-    sizes = {job: len(np.load(job.input_path(inputs / "phase_c", inputs / "phase_d"), allow_pickle=False)["xcoords"]) for job in jobs}
+    capped_copy(out / "simulated", out / "inputs", args.max_patterns or None)
+    study = Study(out, args.epochs, args.batch_size)
+    sizes = [len(np.load(study.input_path(d), allow_pickle=False)["xcoords"]) for d in study.datasets]
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     print(f"machine: {platform.node()} · {device} · torch {torch.__version__}")
-    print(f"sizes: scale {args.scale}, {len(jobs)} jobs present of 18, patterns per job "
-          f"{min(sizes.values())}-{max(sizes.values())} (total {sum(sizes.values())}), epochs {args.epochs}, batch {args.batch_size}")
-
-    (out / "old").mkdir()
-    with GpuSampler() as old_gpu:
-        old_s = run_old_way(inputs, out / "old", jobs, args.epochs, args.batch_size)
-    print(f"(a) old way, one pty-chi process per job in sequence: {old_s:.1f} s; GPU utilisation {old_gpu.summary()}")
-
-    with GpuSampler() as new_gpu:
-        new_s = run_fly64(inputs, out / "artifacts", out / "dagster_home", args.epochs, args.batch_size, args.workers)
-    print(f"(b) fly64 run --workers {args.workers} through Dagster: {new_s:.1f} s; GPU utilisation {new_gpu.summary()}")
-    print(f"ratio (a)/(b): {old_s / new_s:.2f}x")
-
-    manifest = json.loads((out / "artifacts" / "reconstruction_manifest.json").read_text())
-    values = out / "artifacts" / ".values" / "ptychi_reconstruction"
-    records = {job: json.loads((values / str(job.dose) / f"{job.view_split}.json").read_text()) for job in jobs}
-    run_overhead, step_overhead = dagster_overheads(out / "dagster_home", records)
-    print(f"per-partition Dagster overhead: run wall - reconstruction {run_overhead:.2f} s mean; "
-          f"asset step - reconstruction {step_overhead:.2f} s mean "
-          f"({sum(r['status'] == 'succeeded' for r in manifest['execution_results'])} partitions)")
-
-    old_err = [phase_error(out / "old" / f"{j.dose}_{j.view_split}.npz",
-                           np.load(out / "old" / f"{j.dose}_{j.view_split}.npz")["object_origin_yx"], j, inputs) for j in jobs]
-    new_err = [phase_error(Path(records[j]["reconstruction_path"]), records[j]["object_origin_yx"], j, inputs) for j in jobs]
-    change = (np.mean(new_err) - np.mean(old_err)) / np.mean(old_err)
-    print(f"quality, mean phase MAE vs truth over {len(jobs)} jobs: old {np.mean(old_err):.4f} rad, "
-          f"fly64 {np.mean(new_err):.4f} rad ({change:+.1%}; {'within' if abs(change) <= 0.05 else 'OUTSIDE'} 5 %)")
+    print(f"study: scale {args.scale}, {len(study.datasets)} of 18 datasets present (the rest are skips), "
+          f"{min(sizes)}-{max(sizes)} patterns each ({sum(sizes)} in all), {args.epochs} epochs, batch {args.batch_size}")
+    print(f"{'path':44} {'wall s':>8} {'old/this':>9} {'started':>14} {'overhead/partition s':>21} {'phase MAE':>10} {'GPU':>9}")
+    results = {}
+    for name in chosen:
+        with GpuSampler() as gpu:
+            results[name] = RUNNERS[name](study)
+        result = results[name]
+        ratio = results["old"]["wall"] / result["wall"]
+        overhead = (result["wall"] - result["recon"]) / len(ALL_DATASETS)
+        print(f"{LABELS[name]:44} {result['wall']:8.1f} {ratio:8.2f}x {result['started']:>14} {overhead:21.2f} "
+              f"{np.mean(result['errors']):10.4f} {gpu.summary():>9}", flush=True)
+    old_error = np.mean(results["old"]["errors"])
+    for name in chosen[1:]:
+        change = (np.mean(results[name]["errors"]) - old_error) / old_error
+        print(f"quality {name}: mean phase MAE {change:+.1%} against the old way ({'within' if abs(change) <= 0.05 else 'OUTSIDE'} 5 %)")
 
 
 if __name__ == "__main__":

@@ -12,13 +12,19 @@ import os
 import sys
 import time
 import warnings
+from enum import Enum
 from pathlib import Path
 
-from fly64_assets import bookkeeping
-from fly64_assets.artifacts import write_json
-from fly64_assets.contract import check_file
-from fly64_assets.resources import StudyPaths, default_data_dir, synthetic_root
-from fly64_assets.study import ALL_JOBS, DOSES, SIMULATION_SEED, SPLITS, VIEWS, Job, select_jobs
+from pydantic import ValidationError
+
+from fly64_assets.core import bookkeeping
+from fly64_assets.core.artifacts import write_json
+from fly64_assets.core.contract import check_file
+from fly64_assets.core.options import ReconstructionOptions
+from fly64_assets.defs.resources import StudyPaths, default_data_dir, synthetic_root
+from fly64_assets.lib.cluster_preflight import check_dask_setup
+from fly64_assets.lib.executor import DASK, dask_cluster_from_env, executor_name
+from fly64_assets.core.design import ALL_DATASETS, DOSES, SIMULATION_SEED, SPLITS, VIEWS, Dataset, select_datasets
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -47,29 +53,30 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_reconstruction(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--epochs", type=int, default=100, help="LSQML epochs (default 100)")
-    parser.add_argument("--batch-size", type=int, default=96, help="LSQML batch size (default 96)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:<index> (default auto)")
+    """One flag per reconstruction option (``--epochs``, ``--batch-size``, ...), documented by the options model."""
+    for name, info in ReconstructionOptions.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{info.description} (default {info.default.value if isinstance(info.default, Enum) else info.default})"
+        if info.annotation is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=info.default, help=help_text)
+        elif isinstance(info.default, Enum):
+            choices = [member.value for member in type(info.default)]
+            parser.add_argument(flag, choices=choices, default=info.default.value, help=help_text)
+        else:
+            parser.add_argument(flag, type=int if name != "device" else str, default=info.default, help=help_text)
+    for retired in ("--workers", "--max-concurrent-runs"):
+        parser.add_argument(retired, help=argparse.SUPPRESS)
 
 
-def _add_workers(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--workers",
-        default="auto",
-        help="parallel worker processes; auto: GPUs x FLY64_JOBS_PER_GPU on a GPU machine, 1 on a CPU one",
-    )
-
-
-def _worker_count(requested: str) -> int:
-    if requested != "auto":
-        if not requested.isdigit() or int(requested) < 1:
-            raise UsageError(f"--workers must be a positive integer or auto, got {requested!r}")
-        return int(requested)
-    import torch
-
-    from fly64_assets.gpu_slots import jobs_per_gpu
-
-    return torch.cuda.device_count() * jobs_per_gpu() if torch.cuda.is_available() else 1
+def _options(args) -> ReconstructionOptions:
+    """The reconstruction options from the flags; a value the model refuses is a usage error."""
+    if getattr(args, "workers", None) is not None or getattr(args, "max_concurrent_runs", None) is not None:
+        print("fly64: --workers and --max-concurrent-runs are no longer used and are ignored: how many runs and "
+              "reconstructions run at once is set in $DAGSTER_HOME/dagster.yaml (docs/PERFORMANCE.md)", file=sys.stderr)
+    try:
+        return ReconstructionOptions(**{name: getattr(args, name) for name in ReconstructionOptions.model_fields})
+    except ValidationError as error:
+        raise UsageError("; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in error.errors())) from error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,21 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_roots(run)
     _add_filters(run)
     _add_reconstruction(run)
-    _add_workers(run)
-    run.add_argument("--max-concurrent-runs", type=int, default=1,
-                     help="with FLY64_EXECUTOR=dask|multiprocess: partitions in flight at once (docs/CLUSTER.md)")
-
-    worker = commands.add_parser("run-partitions", help="(used by run --workers) reconstruct the given partitions here")
-    _add_roots(worker)
-    _add_reconstruction(worker)
-    worker.add_argument("--partition", action="append", required=True, help="a partition key, e.g. 1000|dense_train")
 
     report = commands.add_parser("report", help="score every reconstruction against the truth and write the study report")
     _add_roots(report)
 
     study = commands.add_parser("study", help="the whole default study: simulate if absent, run all, summarize")
     _add_reconstruction(study)
-    _add_workers(study)
     study.add_argument("--scale", choices=["demo", "full"], default="demo")
     return parser
 
@@ -127,15 +125,15 @@ def _paths(args) -> StudyPaths:
 def _plan(args, paths: StudyPaths) -> bookkeeping.StudyPlan:
     """The selected jobs and their inputs; stops before any work on an unexpected missing input."""
     try:
-        selected = select_jobs(args.dose, args.view, args.split)
+        selected = select_datasets(args.dose, args.view, args.split)
     except ValueError as error:
         raise UsageError(str(error)) from error
     filters = {"dose": args.dose, "view": args.view, "split": args.split}
     plan = bookkeeping.plan_study(selected, paths.input_path, filters)
-    not_allowed = [job for job in plan.missing if not (job.is_phase_d and args.allow_missing_phase_d)]
+    not_allowed = [dataset for dataset in plan.missing if not (dataset.is_phase_d and args.allow_missing_phase_d)]
     if not_allowed:
-        listing = "\n".join(f"  {job.partition_key}: {paths.input_path(job)}" for job in not_allowed)
-        hint = "" if all(not job.is_phase_d for job in not_allowed) else "\n(use --allow-missing-phase-d to record missing Phase D views as skips)"
+        listing = "\n".join(f"  {dataset.partition_key}: {paths.input_path(dataset)}" for dataset in not_allowed)
+        hint = "" if all(not dataset.is_phase_d for dataset in not_allowed) else "\n(use --allow-missing-phase-d to record missing Phase D views as skips)"
         raise UsageError(f"missing input files, nothing was run:\n{listing}{hint}")
     return plan
 
@@ -146,7 +144,7 @@ def _write_reports(paths: StudyPaths, manifest: dict) -> None:
 
 
 def cmd_simulate(args) -> int:
-    from fly64_assets.synthetic import simulate_study
+    from fly64_assets.core.synthetic import simulate_study
 
     started = time.perf_counter()
     summary = simulate_study(args.out, scale=args.scale, seed=args.seed)
@@ -161,11 +159,11 @@ def cmd_simulate(args) -> int:
 def check_inputs(paths: StudyPaths) -> list[dict]:
     """DATA-001 on each of the 18 expected files: ok, invalid (with violations) or missing."""
     entries = []
-    for job in ALL_JOBS:
-        path = paths.input_path(job)
+    for dataset in ALL_DATASETS:
+        path = paths.input_path(dataset)
         violations = [] if not path.exists() else [str(v) for v in check_file(path)]
         status = "missing" if not path.exists() else ("invalid" if violations else "ok")
-        entries.append({**job.as_record(), "path": str(path), "status": status, "violations": violations})
+        entries.append({**dataset.as_record(), "path": str(path), "status": status, "violations": violations})
     return entries
 
 
@@ -176,7 +174,7 @@ def cmd_check(args) -> int:
         print(json.dumps(entries, indent=2))
     else:
         for entry in entries:
-            print(f"{entry['status']:8} {Job(entry['dose'], entry['view'], entry['split']).partition_key:18} {entry['path']}")
+            print(f"{entry['status']:8} {Dataset(entry['dose'], entry['view'], entry['split']).partition_key:18} {entry['path']}")
             for violation in entry["violations"]:
                 print(f"         {violation}")
     return EXIT_FAILED if any(entry["status"] == "invalid" for entry in entries) else EXIT_OK
@@ -187,8 +185,8 @@ def cmd_plan(args) -> int:
     plan = _plan(args, paths)
     manifest = bookkeeping.build_manifest(plan, {}, paths.input_path, Path(paths.artifact_root), dry_run=True)
     _write_reports(paths, manifest)
-    print(f"dry run: {len(plan.runnable)} job(s) to reconstruct, {len(plan.missing)} missing input(s), "
-          f"{len(ALL_JOBS) - len(plan.selected)} outside the filters")
+    print(f"dry run: {len(plan.runnable)} dataset(s) to reconstruct, {len(plan.missing)} missing input(s), "
+          f"{len(ALL_DATASETS) - len(plan.selected)} outside the filters")
     print(f"wrote {paths.artifact_file('reconstruction_manifest.json')} and {paths.artifact_file('skip_summary.json')}")
     return EXIT_OK
 
@@ -201,25 +199,23 @@ def ensure_dagster_home() -> Path:
 
 
 def cmd_run(args) -> int:
-    from fly64_assets.execution import run_study
+    from dagster import DagsterInstance
+
+    from fly64_assets import launch
 
     paths = _paths(args)
     plan = _plan(args, paths)
+    options = _options(args)
     ensure_dagster_home()
-    config = {"epochs": args.epochs, "batch_size": args.batch_size, "device": args.device}
-    from fly64_assets.executors import IN_PROCESS, DaskSetupError, executor_name, run_study_on_executor
-
-    try:
-        choice = executor_name()
-    except ValueError as error:
-        raise UsageError(str(error)) from error
-    try:
-        if choice == IN_PROCESS:
-            outputs = run_study(paths, plan, config, progress=print, workers=_worker_count(args.workers))
-        else:
-            outputs = run_study_on_executor(paths, plan, config, progress=print, max_concurrent_runs=args.max_concurrent_runs)
-    except DaskSetupError as error:
-        raise UsageError(str(error)) from error
+    with DagsterInstance.get() as instance:
+        try:
+            executor = executor_name()
+            if executor == DASK:
+                check_dask_setup(instance, dask_cluster_from_env(), paths.roots())
+        except ValueError as error:  # an unknown executor, a bad cluster file, a DaskSetupError
+            raise UsageError(str(error)) from error
+        print(f"{len(plan.selected)} partition(s) through Dagster ({executor} executor), instance {os.environ['DAGSTER_HOME']}")
+        outputs = launch.run_study(paths, plan, options, instance, progress=print)
     manifest, study_report = outputs["reconstruction_manifest"], outputs["study_report"]
     results = manifest["execution_results"]
     failed = [r for r in results if r["status"] != bookkeeping.RECONSTRUCTED]
@@ -231,25 +227,15 @@ def cmd_run(args) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def cmd_run_partitions(args) -> int:
-    from fly64_assets.execution import reconstruct_partitions
-
-    try:
-        jobs = [Job.from_partition_key(key) for key in args.partition]
-    except ValueError as error:
-        raise UsageError(str(error)) from error
-    ensure_dagster_home()
-    config = {"epochs": args.epochs, "batch_size": args.batch_size, "device": args.device}
-    reconstruct_partitions(_paths(args), jobs, config, progress=lambda line: print(line, flush=True))
-    return EXIT_OK
-
-
 def cmd_report(args) -> int:
-    from fly64_assets.execution import write_report
+    from dagster import DagsterInstance
+
+    from fly64_assets import launch
 
     paths = _paths(args)
     ensure_dagster_home()
-    study_report = write_report(paths)
+    with DagsterInstance.get() as instance:
+        study_report = launch.rescore(paths, instance)
     print(f"report:   {study_report['html_path']}")
     print(f"headline: {study_report['headline']}")
     return EXIT_OK
@@ -266,8 +252,7 @@ def cmd_study(args) -> int:
     run_args = argparse.Namespace(
         phase_c_root=defaults.phase_c_root, phase_d_root=defaults.phase_d_root, artifact_root=defaults.artifact_root,
         dose=[], view=[], split=[], allow_missing_phase_d=True,
-        epochs=args.epochs, batch_size=args.batch_size, device=args.device, workers=args.workers,
-        max_concurrent_runs=1,
+        **{name: getattr(args, name) for name in (*ReconstructionOptions.model_fields, "workers", "max_concurrent_runs")},
     )
     code = cmd_run(run_args)
     print(f"study finished in {time.perf_counter() - started:.0f} s; results under {defaults.artifact_root}")
@@ -279,7 +264,6 @@ COMMANDS = {
     "check": cmd_check,
     "plan": cmd_plan,
     "run": cmd_run,
-    "run-partitions": cmd_run_partitions,
     "report": cmd_report,
     "study": cmd_study,
 }

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, instance_for_test
 
-from fly64_assets.resources import StudyPaths
-from fly64_assets.synthetic import simulate_study
+from fly64_assets.defs.resources import StudyPaths
+from fly64_assets.core.synthetic import simulate_study
 
 FAST_EPOCHS = 30
 """Enough LSQML epochs for the demo scale to converge well past the initial guess, on a 2-core CPU."""

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dagster import AssetKey
 
 from fly64_assets.cli import main
-from fly64_assets.study import Job
+from fly64_assets.core.design import Dataset
 from fly64_assets_tests.conftest import FAST_EPOCHS
 
 
@@ -66,15 +67,17 @@ def test_unknown_filter_values_and_bad_roots_get_one_clear_message(study_paths, 
     assert f"Phase C root {missing_root} does not exist" in capsys.readouterr().err
 
 
-def test_run_goes_through_dagster_and_exit_code_reports_a_failed_job(study_paths, tmp_path, monkeypatch):
+def test_run_goes_through_dagster_and_exit_code_reports_a_failed_job(study_paths, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
-    broken = study_paths.input_path(Job(10000, "dense", "train"))
+    broken = study_paths.input_path(Dataset(10000, "dense", "train"))
     arrays = dict(np.load(broken, allow_pickle=False))
     arrays["xcoords"] = arrays["xcoords"][:-1]
     np.savez(broken, **arrays)
 
-    args = ["run", *_roots(study_paths), "--dose", "10000", "--view", "dense", "--epochs", str(FAST_EPOCHS), "--device", "cpu"]
+    args = ["run", *_roots(study_paths), "--dose", "10000", "--view", "dense", "--epochs", str(FAST_EPOCHS), "--device", "cpu",
+            "--workers", "4"]
     assert main(args) == 1
+    assert "--workers and --max-concurrent-runs are no longer used" in capsys.readouterr().err
     manifest, skips = _reports(study_paths)
     statuses = {(r["split"]): (r["status"], r["returncode"]) for r in manifest["execution_results"]}
     assert statuses == {"train": ("failed", 1), "test": ("succeeded", 0)}
@@ -91,12 +94,12 @@ def test_run_goes_through_dagster_and_exit_code_reports_a_failed_job(study_paths
 
 
 def test_check_reports_ok_invalid_and_missing_as_json(study_paths, capsys):
-    broken = study_paths.input_path(Job(1000, "baseline", "test"))
+    broken = study_paths.input_path(Dataset(1000, "baseline", "test"))
     broken.write_bytes(broken.read_bytes()[:1000])  # truncated
     code = main(["check", "--phase-c-root", study_paths.phase_c_root, "--phase-d-root", study_paths.phase_d_root, "--json"])
     entries = json.loads(capsys.readouterr().out)
     assert code == 1 and len(entries) == 18
-    by_key = {Job(e["dose"], e["view"], e["split"]).partition_key: e for e in entries}
+    by_key = {Dataset(e["dose"], e["view"], e["split"]).partition_key: e for e in entries}
     assert by_key["1000|baseline_test"]["status"] == "invalid" and by_key["1000|baseline_test"]["violations"]
     assert by_key["1000|sparse_train"]["status"] == "missing"
     assert sum(e["status"] == "ok" for e in entries) == 11
@@ -104,43 +107,65 @@ def test_check_reports_ok_invalid_and_missing_as_json(study_paths, capsys):
     assert main(["check", "--phase-c-root", study_paths.phase_c_root, "--phase-d-root", study_paths.phase_d_root]) == 0
 
 
-def test_dagster_asset_materialize_command_works(study_paths, tmp_path):
-    env = {
+def _dagster_env(study_paths, home) -> dict:
+    home.mkdir(exist_ok=True)
+    return {
         **os.environ,
         "FLY64_PHASE_C_ROOT": study_paths.phase_c_root,
         "FLY64_PHASE_D_ROOT": study_paths.phase_d_root,
         "FLY64_ARTIFACT_ROOT": study_paths.artifact_root,
-        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+        "FLY64_EPOCHS": "5",
+        "DAGSTER_HOME": str(home),
     }
-    (tmp_path / "dagster_home").mkdir()
+
+
+def _dagster(*args, env) -> subprocess.CompletedProcess:
     dagster = Path(sys.executable).parent / "dagster"
-    completed = subprocess.run(
-        [str(dagster), "asset", "materialize", "-m", "fly64_assets.definitions",
-         "--select", "ptychi_reconstruction", "--partition", "1000|dense_train"],
-        env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    saved = np.load(Path(study_paths.artifact_root) / "dose_1000/dense/train/ptychi_reconstruction.npz", allow_pickle=False)
-    assert saved["reconstructed_object"].dtype == np.complex64 and saved["loss_per_epoch"].shape == (100,)
+    return subprocess.run([str(dagster), *args], env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
 
 
-def test_run_with_two_workers_reconstructs_every_partition_once(study_paths, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
-    args = ["run", *_roots(study_paths), "--view", "dense", "--view", "sparse", "--split", "test",
-            "--allow-missing-phase-d", "--epochs", "10", "--workers", "2"]
-    assert main(args) == 0
-    out = capsys.readouterr().out
-    assert out.count("worker 1:") + out.count("worker 2:") == 6 and "worker 2:" in out
+def test_dagster_asset_materialize_reconstructs_the_whole_study_in_one_run(study_paths, tmp_path):
+    """The README's two Dagster CLI lines: all 18 partitions in one run (a partition range), then the summaries."""
+    env = _dagster_env(study_paths, tmp_path / "dagster_home")
+    whole_study = _dagster("asset", "materialize", "-m", "fly64_assets.definitions",
+                           "--select", "ptychi_reconstruction,reconstruction_quality",
+                           "--partition-range", "1000|baseline_train...100000|sparse_test", env=env)
+    assert whole_study.returncode == 0, whole_study.stderr[-3000:]
+    summaries = _dagster("asset", "materialize", "-m", "fly64_assets.definitions",
+                         "--select", "reconstruction_manifest,skip_summary,study_report", env=env)
+    assert summaries.returncode == 0, summaries.stderr[-3000:]
+
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        runs = instance.get_runs()
+        assert len(runs) == 2 and all(run.is_success for run in runs)
+        materialized = instance.get_materialized_partitions(AssetKey("ptychi_reconstruction"))
+        assert len(materialized) == 18
     manifest, skips = _reports(study_paths)
-    assert [r["status"] for r in manifest["execution_results"]] == ["succeeded"] * 3
-    assert skips["missing_phase_d_count"] == 3
+    assert [r["status"] for r in manifest["execution_results"]] == ["succeeded"] * 12
+    assert skips["missing_phase_d_count"] == 6
+    saved = np.load(Path(study_paths.artifact_root) / "dose_1000/dense/train/ptychi_reconstruction.npz", allow_pickle=False)
+    assert saved["reconstructed_object"].dtype == np.complex64 and saved["loss_per_epoch"].shape == (5,)
 
 
-def test_work_is_shared_largest_first_over_the_least_loaded_worker(study_paths):
-    from fly64_assets.execution import share_out
-    from fly64_assets.study import select_jobs
+def test_dagster_asset_materialize_of_one_partition_and_a_selection(study_paths, tmp_path):
+    env = _dagster_env(study_paths, tmp_path / "dagster_home")
+    one = _dagster("asset", "materialize", "-m", "fly64_assets.definitions", "--select", "ptychi_reconstruction",
+                   "--partition", "1000|dense_train", env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    dense = _dagster("asset", "materialize", "-m", "fly64_assets.definitions", "--select", "ptychi_reconstruction",
+                     "--partition-range", "1000|dense_train...100000|dense_test", env=env)
+    assert dense.returncode == 0, dense.stderr[-3000:]
+    folders = sorted(str(p.parent.relative_to(study_paths.artifact_root)) for p in Path(study_paths.artifact_root).rglob("ptychi_reconstruction.npz"))
+    assert folders == [f"dose_{dose}/dense/{split}" for dose in (1000, 10000, 100000) for split in ("test", "train")]
 
-    shares = share_out(select_jobs(doses=[1000]), study_paths, 2)
-    assert len(shares) == 2
-    assert {shares[0][0].view, shares[1][0].view} == {"baseline"}  # the two big jobs go to different workers
-    assert sorted(job.partition_key for share in shares for job in share) == sorted(j.partition_key for j in select_jobs(doses=[1000]))
+
+def test_options_are_flags_with_the_models_defaults_and_bad_values_are_usage_errors(study_paths, capsys):
+    from fly64_assets.cli import build_parser
+
+    args = build_parser().parse_args(["run", "--epochs", "7", "--no-optimize-probe", "--noise-model", "poisson"])
+    assert (args.epochs, args.batch_size, args.optimize_probe, args.noise_model, args.device) == (7, 96, False, "poisson", "auto")
+    assert main(["run", *_roots(study_paths), "--allow-missing-phase-d", "--device", "gpu"]) == 2
+    assert "--device" in capsys.readouterr().err
+    assert main(["run", *_roots(study_paths), "--allow-missing-phase-d", "--epochs", "0"]) == 2

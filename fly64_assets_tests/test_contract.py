@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fly64_assets.contract import (
+from fly64_assets.core.contract import (
     FILE_KEY,
     METADATA_KEY,
     REQUIRED_KEYS,

@@ -1,7 +1,6 @@
 """The study on a real dask cluster: executor choice, the GPU resource tag, the multi-node refusals, and a
 small study on a scheduler with two worker processes (one declaring GPU=1) compared with a local run."""
 
-import itertools
 import os
 import socket
 import subprocess
@@ -15,30 +14,23 @@ import pytest
 from dagster import (
     AssetKey,
     DagsterEventType,
+    build_reconstructable_job,
+    execute_job,
     in_process_executor,
     instance_for_test,
     multiprocess_executor,
 )
-from dagster._core.execution.api import create_execution_plan
 
-from fly64_assets import executors
-from fly64_assets.bookkeeping import plan_study
-from fly64_assets.definitions import RECONSTRUCT_JOB, SUMMARIZE_JOB, build_definitions
-from fly64_assets.executors import (
-    DASK_CLUSTER_FILE_ENV,
-    DASK_SCHEDULER_ENV,
-    EXECUTOR_ENV,
-    GPU_STEP_TAGS,
-    SHARED_ARTIFACT_ROOT_ENV,
-    SHARED_INPUT_ROOTS_ENV,
-    DaskSetupError,
-    dask_setup_problems,
-    run_partition_on_executor,
-    run_study_on_executor,
-    study_executor,
-)
-from fly64_assets.resources import StudyPaths
-from fly64_assets.study import select_jobs
+from fly64_assets import launch
+from fly64_assets.cli import main
+from fly64_assets.core.bookkeeping import plan_study
+from fly64_assets.core.design import select_datasets
+from fly64_assets.core.options import ReconstructionOptions
+from fly64_assets.definitions import build_definitions
+from fly64_assets.defs.jobs import RECONSTRUCT_JOB, SUMMARIZE_JOB
+from fly64_assets.defs.resources import StudyPaths
+from fly64_assets.lib.cluster_preflight import DaskSetupError, SHARED_ARTIFACT_ROOT_ENV, SHARED_INPUT_ROOTS_ENV, dask_setup_problems
+from fly64_assets.lib.executor import DASK_CLUSTER_FILE_ENV, DASK_SCHEDULER_ENV, EXECUTOR_ENV, GPU_STEP_TAGS, study_executor
 
 EPOCHS = 20
 REMOTE = {"existing": {"address": "tcp://10.20.30.40:8786"}}
@@ -55,35 +47,36 @@ def clean_env(monkeypatch):
 # --- choosing the executor is configuration --------------------------------------------------------------
 
 
-def test_the_executor_is_chosen_by_fly64_executor_and_defaults_to_in_process(clean_env, tmp_path):
-    assert study_executor() is in_process_executor
+def test_the_executor_is_chosen_by_fly64_executor_and_defaults_to_in_process(clean_env, tmp_path, study_paths):
+    roots = study_paths.roots()
+    assert study_executor(roots) is in_process_executor
     clean_env.setenv(EXECUTOR_ENV, "multiprocess")
-    assert study_executor() is multiprocess_executor
+    assert study_executor(roots) is multiprocess_executor
 
     clean_env.setenv(EXECUTOR_ENV, "dask")
-    local = study_executor()
+    local = study_executor(roots)
     assert local.name == "dask"
     assert local.config_schema.config_type.fields["cluster"].default_value == {"local": {"n_workers": 1, "resources": {"GPU": 1}}}
 
     clean_env.setenv(DASK_SCHEDULER_ENV, "tcp://10.0.0.7:8786")
-    existing = study_executor()
+    existing = study_executor(roots)
     assert existing.config_schema.config_type.fields["cluster"].default_value == {"existing": {"address": "tcp://10.0.0.7:8786"}}
 
     cluster_file = tmp_path / "slurm.yaml"
     cluster_file.write_text("slurm:\n  queue: gpu\n  cores: 1\n  job_extra_directives: ['--gres=gpu:1']\n")
     clean_env.setenv(DASK_CLUSTER_FILE_ENV, str(cluster_file))
     with pytest.raises(ValueError, match="set one"):
-        study_executor()
+        study_executor(roots)
     clean_env.delenv(DASK_SCHEDULER_ENV)
-    slurm = study_executor().config_schema.config_type.fields["cluster"].default_value
+    slurm = study_executor(roots).config_schema.config_type.fields["cluster"].default_value
     assert slurm == {"slurm": {"queue": "gpu", "cores": 1, "job_extra_directives": ["--gres=gpu:1"]}}
 
     cluster_file.write_text("torque: {}\n")
     with pytest.raises(ValueError, match="expected exactly one of"):
-        study_executor()
+        study_executor(roots)
     clean_env.setenv(EXECUTOR_ENV, "spark")
-    with pytest.raises(ValueError, match=r"unknown executor 'spark' \(from FLY64_EXECUTOR"):
-        study_executor()
+    with pytest.raises(ValueError, match=r"unknown executor 'spark' in FLY64_EXECUTOR"):
+        study_executor(roots)
 
 
 def test_only_the_reconstruction_step_asks_dask_for_a_gpu(study_paths):
@@ -96,11 +89,11 @@ def test_only_the_reconstruction_step_asks_dask_for_a_gpu(study_paths):
     defs = build_definitions(study_paths)
     requirements = {}
     for job_name in (RECONSTRUCT_JOB, SUMMARIZE_JOB):
-        for step in create_execution_plan(defs.resolve_job_def(job_name)).steps:
-            requirements[step.key] = get_dask_resource_requirements(step.tags)
+        job = defs.resolve_job_def(job_name)
+        for node in job.graph.node_dict.values():
+            requirements[node.name] = get_dask_resource_requirements(node.tags)
     assert requirements == {
-        "ptychi_reconstruction": {"GPU": 1},
-        "reconstruction_quality": {},
+        "ptychi_reconstruction": {"GPU": 1},  # reconstructs and scores each partition of the run
         "reconstruction_manifest": {},
         "skip_summary": {},
         "study_report": {},
@@ -113,10 +106,10 @@ def test_only_the_reconstruction_step_asks_dask_for_a_gpu(study_paths):
 def test_a_cluster_beyond_this_machine_needs_a_shared_instance_and_shared_roots(clean_env, study_paths, instance):
     on_this_machine = [{"local": {}}, {"existing": {"address": "tcp://127.0.0.1:8786"}}, {"existing": {"address": "localhost:8786"}}]
     for cluster in on_this_machine:
-        assert dask_setup_problems(instance, cluster, study_paths) == []
+        assert dask_setup_problems(instance, cluster, study_paths.roots()) == []
 
     for cluster in (REMOTE, {"slurm": {"queue": "gpu"}}, {"pbs": {}}):
-        problems = dask_setup_problems(instance, cluster, study_paths, mounts_text="rootfs / ext4 rw 0 0\n")
+        problems = dask_setup_problems(instance, cluster, study_paths.roots(), mounts_text="rootfs / ext4 rw 0 0\n")
         assert len(problems) == 4, problems
         instance_problem, artifact_problem, phase_c_problem, phase_d_problem = problems
         assert "local-only" in instance_problem and "SqliteRunStorage" in instance_problem and "dagster-postgres" in instance_problem
@@ -127,10 +120,10 @@ def test_a_cluster_beyond_this_machine_needs_a_shared_instance_and_shared_roots(
 
     # Roots on a network filesystem pass; so do roots declared shared.
     shared_mounts = f"rootfs / ext4 rw 0 0\nserver:/export {Path(study_paths.artifact_root).parent} nfs4 rw 0 0\n"
-    assert len(dask_setup_problems(instance, REMOTE, study_paths, mounts_text=shared_mounts)) == 1
+    assert len(dask_setup_problems(instance, REMOTE, study_paths.roots(), mounts_text=shared_mounts)) == 1
     clean_env.setenv(SHARED_ARTIFACT_ROOT_ENV, "1")
     clean_env.setenv(SHARED_INPUT_ROOTS_ENV, "1")
-    (only,) = dask_setup_problems(instance, REMOTE, study_paths, mounts_text="rootfs / ext4 rw 0 0\n")
+    (only,) = dask_setup_problems(instance, REMOTE, study_paths.roots(), mounts_text="rootfs / ext4 rw 0 0\n")
     assert "local-only" in only
 
     class PostgresRunStorage: ...
@@ -138,25 +131,31 @@ def test_a_cluster_beyond_this_machine_needs_a_shared_instance_and_shared_roots(
     class PostgresEventLogStorage: ...
 
     shared_instance = SimpleNamespace(run_storage=PostgresRunStorage(), event_log_storage=PostgresEventLogStorage())
-    assert dask_setup_problems(shared_instance, REMOTE, study_paths) == []
+    assert dask_setup_problems(shared_instance, REMOTE, study_paths.roots()) == []
 
 
-def test_a_dask_run_with_a_local_instance_on_a_remote_scheduler_is_refused_before_it_starts(clean_env, study_paths, tmp_path):
-    with instance_for_test(temp_dir=str(tmp_path)) as local_instance:
-        with pytest.raises(DaskSetupError, match="the Dagster instance is local-only") as refused:
-            run_partition_on_executor(study_paths, "1000|dense_train", {"epochs": 1}, local_instance, "dask", REMOTE)
-        assert len(refused.value.problems) == 4
-        assert local_instance.get_runs() == []
+def test_a_dask_run_with_a_local_instance_on_a_remote_scheduler_is_refused_before_it_starts(
+    clean_env, study_paths, tmp_path, capsys
+):
+    clean_env.setenv(EXECUTOR_ENV, "dask")
+    clean_env.setenv(DASK_SCHEDULER_ENV, REMOTE["existing"]["address"])
+    clean_env.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    roots = ["--phase-c-root", study_paths.phase_c_root, "--phase-d-root", study_paths.phase_d_root,
+             "--artifact-root", study_paths.artifact_root]
+    assert main(["run", *roots, "--allow-missing-phase-d", "--epochs", "1"]) == 2
+    error = capsys.readouterr().err
+    assert "the Dagster instance is local-only" in error and "artifact root" in error
 
-        # The executor itself refuses too (runs launched from the UI): no step reaches a worker.
-        clean_env.setenv(EXECUTOR_ENV, "dask")
-        clean_env.setenv(DASK_SCHEDULER_ENV, REMOTE["existing"]["address"])
-        from dagster import execute_job
-
-        job = executors.reconstructable_study_job(RECONSTRUCT_JOB, study_paths)
-        tags = {"dagster/partition": "1000|dense_train"}
-        with pytest.raises(DaskSetupError, match="artifact root"):
-            execute_job(job, local_instance, run_config={}, tags=tags)
+    # The executor itself refuses too (runs launched from the UI or `dagster asset materialize`): the run
+    # fails before any step reaches a worker.
+    (tmp_path / "other_home").mkdir()
+    with instance_for_test(temp_dir=str(tmp_path / "other_home")) as local_instance:
+        job = build_reconstructable_job(launch.__name__, "study_job", reconstructable_kwargs={
+            "job_name": RECONSTRUCT_JOB, "phase_c_root": study_paths.phase_c_root,
+            "phase_d_root": study_paths.phase_d_root, "artifact_root": study_paths.artifact_root,
+        })
+        with pytest.raises(DaskSetupError, match="local-only"):
+            execute_job(job, local_instance, tags={"dagster/partition": "1000|dense_train"})
         assert local_instance.get_materialized_partitions(AssetKey("ptychi_reconstruction")) == set()
 
 
@@ -229,7 +228,7 @@ def _comparable(manifest: dict, artifact_root: str) -> dict:
     return {**{k: v for k, v in manifest.items() if k != "timestamp"}, "execution_results": results}
 
 
-def test_a_small_study_on_a_real_dask_cluster_runs_every_reconstruction_on_the_gpu_worker(study_tree, tmp_path):
+def test_a_small_study_on_a_real_dask_cluster_runs_every_reconstruction_on_the_gpu_worker(study_tree, tmp_path, clean_env):
     from distributed import get_task_stream
 
     started = time.perf_counter()
@@ -237,53 +236,43 @@ def test_a_small_study_on_a_real_dask_cluster_runs_every_reconstruction_on_the_g
     roots = {"phase_c_root": str(study_tree / "phase_c"), "phase_d_root": str(study_tree / "phase_d")}
     dask_paths = StudyPaths(**roots, artifact_root=str(tmp_path / "dask_artifacts"))
     local_paths = StudyPaths(**roots, artifact_root=str(tmp_path / "local_artifacts"))
-    plan = plan_study(select_jobs(filters["dose"], filters["view"], filters["split"]), dask_paths.input_path, filters)
-    assert [job.partition_key for job in plan.runnable] == ["1000|dense_train", "1000|dense_test"]
-    assert sorted(job.partition_key for job in plan.missing) == ["1000|sparse_test", "1000|sparse_train"]
+    plan = plan_study(select_datasets(filters["dose"], filters["view"], filters["split"]), dask_paths.input_path, filters)
+    assert [dataset.partition_key for dataset in plan.runnable] == ["1000|dense_train", "1000|dense_test"]
+    assert sorted(dataset.partition_key for dataset in plan.missing) == ["1000|sparse_test", "1000|sparse_train"]
     for folder in ("dask_home", "local_home", "logs"):
         (tmp_path / folder).mkdir()
+    options = ReconstructionOptions(epochs=EPOCHS)
 
     lines = []
     with _dask_cluster(tmp_path / "logs") as connect:
         # The local reference: the same study, executed in this process, while the workers start.
         with instance_for_test(temp_dir=str(tmp_path / "local_home")) as local_instance:
-            local = run_study_on_executor(
-                local_paths, plan, {"epochs": EPOCHS}, lambda line: None, local_instance, "in_process", check_inputs=False
-            )
+            local_outputs = [launch.reconstruct(local_paths, plan.selected, options, local_instance, lambda line: None),
+                             launch.summarize(local_paths, plan.filters, local_instance)]
+        local = local_outputs[1]
 
         client, workers = connect()
         assert set(workers) == {"gpu-0", "cpu-0"}
         worker_pids = client.run(os.getpid)
-        cluster = {"existing": {"address": client.scheduler.address}}
+        clean_env.setenv(EXECUTOR_ENV, "dask")  # what a deployment sets; read when the definitions are built
+        clean_env.setenv(DASK_SCHEDULER_ENV, client.scheduler.address)
         with instance_for_test(temp_dir=str(tmp_path / "dask_home")) as instance:
             with get_task_stream(client) as stream:
-                # Two partition runs at a time (each launched from its own process): while the GPU worker runs
-                # one reconstruction the CPU-only worker is idle, so only the GPU resource keeps the other off it.
-                outputs = run_study_on_executor(
-                    dask_paths, plan, {"epochs": EPOCHS}, lines.append, instance, "dask", cluster,
-                    check_inputs=False, max_concurrent_runs=2,
-                )
+                launch.reconstruct(dask_paths, plan.selected, options, instance, lines.append)
+                outputs = launch.summarize(dask_paths, plan.filters, instance)
             dask_seconds = time.perf_counter() - started
 
             runs = instance.get_runs()
-            reconstruct_runs = [run for run in runs if run.job_name == RECONSTRUCT_JOB]
-            assert len(reconstruct_runs) == 4 and all(run.is_success for run in runs), lines
+            (reconstruct_run,) = [run for run in runs if run.job_name == RECONSTRUCT_JOB]  # the 4 keys are one range
+            assert all(run.is_success for run in runs), lines
             assert [run.job_name for run in runs if run.job_name != RECONSTRUCT_JOB] == [SUMMARIZE_JOB]
 
-            # The runs overlapped: two were in flight, waiting for the one GPU worker, at the same time.
-            records = {record.dagster_run.run_id: record for record in instance.get_run_records()}
-            spans = sorted((records[run.run_id].start_time, records[run.run_id].end_time) for run in reconstruct_runs)
-            assert any(later_start < earlier_end for (_, earlier_end), (later_start, _) in itertools.pairwise(spans)), spans
-
-            # Every partition materialized, as a reconstruction or as a recorded skip.
-            statuses = {}
-            for run in reconstruct_runs:
-                (materialization,) = [
-                    entry.asset_materialization
-                    for entry in instance.all_logs(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
-                    if entry.asset_materialization.asset_key == AssetKey("ptychi_reconstruction")
-                ]
-                statuses[materialization.partition] = materialization.metadata["status"].value
+            # Every partition materialized, as a reconstruction or as a recorded skip, with its own metadata.
+            statuses = {
+                entry.asset_materialization.partition: entry.asset_materialization.metadata["status"].value
+                for entry in instance.all_logs(reconstruct_run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+                if entry.asset_materialization.asset_key == AssetKey("ptychi_reconstruction")
+            }
             assert statuses == {
                 "1000|dense_train": "succeeded",
                 "1000|dense_test": "succeeded",
@@ -291,19 +280,19 @@ def test_a_small_study_on_a_real_dask_cluster_runs_every_reconstruction_on_the_g
                 "1000|sparse_test": "skipped",
             }
 
-            # Every reconstruction step ran on the GPU worker: the scheduler's task stream (task keys carry the
-            # run id) and the process that emitted each step's STEP_START event both say so.
+            # The reconstruction step ran on the GPU worker: the scheduler's task stream (the task key carries
+            # the run id, so concurrent runs of one job never share a task) and the process that emitted the
+            # step's STEP_START event both say so.
             placed = {task["key"]: task["worker"] for task in stream.data}
-            for run in reconstruct_runs:
-                assert placed[f"{RECONSTRUCT_JOB}.ptychi_reconstruction-{run.run_id}"] == workers["gpu-0"]
-                (step_start,) = [
-                    entry.dagster_event
-                    for entry in instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_START)
-                    if entry.step_key == "ptychi_reconstruction"
-                ]
-                assert step_start.pid == worker_pids[workers["gpu-0"]]
-            # ...and the other steps (quality, manifest, skip summary, report) ran as dask tasks too.
-            assert len(placed) == 4 * 2 + 3 and set(placed.values()) <= set(workers.values())
+            assert placed[f"{RECONSTRUCT_JOB}.ptychi_reconstruction-{reconstruct_run.run_id}"] == workers["gpu-0"]
+            (step_start,) = [
+                entry.dagster_event
+                for entry in instance.all_logs(reconstruct_run.run_id, of_type=DagsterEventType.STEP_START)
+                if entry.step_key == "ptychi_reconstruction"
+            ]
+            assert step_start.pid == worker_pids[workers["gpu-0"]]
+            # ...and the summary steps (manifest, skip summary, report) ran as dask tasks too.
+            assert len(placed) == 1 + 3 and set(placed.values()) <= set(workers.values())
 
     # The manifest and the skip summary match the local run's (paths relative to each artifact root).
     assert _comparable(outputs["reconstruction_manifest"], dask_paths.artifact_root) == _comparable(

@@ -1,4 +1,4 @@
-"""Known-case tests of the quality metrics (fly64_assets.quality)."""
+"""Known-case tests of the quality metrics (fly64_assets.core.quality)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from fly64_assets.quality import (
+from fly64_assets.core.quality import (
     QualityMetrics,
     compare_to_truth,
     frc,

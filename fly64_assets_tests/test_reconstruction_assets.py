@@ -1,25 +1,33 @@
-"""Real pty-chi LSQML reconstructions through Dagster: physics, skips, failures, manifest and skip summary."""
+"""Real pty-chi LSQML reconstructions through Dagster: physics, skips, failures, and range runs that keep every
+partition's own materialization, check result and failed state."""
+
+import json
 
 import numpy as np
-from dagster import AssetCheckSeverity, DagsterEventType, materialize_to_memory
+from dagster import AssetCheckSeverity, AssetKey, AssetPartitionStatus, DagsterEventType, materialize_to_memory
 
-from fly64_assets.bookkeeping import plan_study
-from fly64_assets.contract import load_valid
-from fly64_assets.defs.reconstruction import ptychi_reconstruction
-from fly64_assets.defs.sources import phase_c_patched, phase_d_overlap
-from fly64_assets.execution import run_study
-from fly64_assets.quality import compare_to_truth
-from fly64_assets.study import Job, select_jobs
+from fly64_assets import launch
+from fly64_assets.core.bookkeeping import RECONSTRUCTION_RECORD, plan_study, read_record
+from fly64_assets.core.contract import load_valid
+from fly64_assets.core.design import Dataset, select_datasets
+from fly64_assets.core.options import ReconstructionOptions
+from fly64_assets.core.quality import compare_to_truth
+from fly64_assets.defs.inputs.assets import phase_c_patched, phase_d_overlap
+from fly64_assets.defs.reconstruction.assets import ptychi_reconstruction
+from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS, range_tags
 from fly64_assets_tests.conftest import FAST_EPOCHS
 
 PHYSICS_EPOCHS = 50
 STUDY_ASSETS = [phase_c_patched, phase_d_overlap, ptychi_reconstruction]
+RECONSTRUCTION = AssetKey("ptychi_reconstruction")
+QUALITY = AssetKey("reconstruction_quality")
 
 
-def _materialize(study_paths, partition_key, instance, **config):
+def _materialize(study_paths, instance, partition_key=None, tags=None, **config):
     return materialize_to_memory(
         STUDY_ASSETS,
         partition_key=partition_key,
+        tags=tags,
         resources={"study_paths": study_paths},
         run_config={"ops": {"ptychi_reconstruction": {"config": {"epochs": FAST_EPOCHS, **config}}}},
         instance=instance,
@@ -27,17 +35,32 @@ def _materialize(study_paths, partition_key, instance, **config):
     )
 
 
+def _materializations(result, asset_key) -> dict[str, dict]:
+    """Partition key -> metadata (plain values) of the run's materializations of ``asset_key``."""
+    found = {}
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization
+        if materialization.asset_key == asset_key:
+            found[materialization.partition] = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
+    return found
+
+
 def test_high_dose_reconstruction_is_much_closer_to_the_truth_than_the_start(study_paths, instance):
-    result = _materialize(study_paths, "100000|baseline_train", instance, epochs=PHYSICS_EPOCHS)
+    result = _materialize(study_paths, instance, "100000|baseline_train", epochs=PHYSICS_EPOCHS)
     assert result.success
-    record = result.output_for_node("ptychi_reconstruction")
+    dataset = Dataset(100000, "baseline", "train")
+    record = read_record(study_paths.artifact_dir(dataset), RECONSTRUCTION_RECORD)
     assert record["status"] == "succeeded" and record["device"] == "cpu"
+    metadata = _materializations(result, RECONSTRUCTION)["100000|baseline_train"]
+    assert metadata["device"] == "cpu" and metadata["epochs"] == PHYSICS_EPOCHS and metadata["final_loss"] == record["final_loss"]
+    assert "data:image/png;base64," in metadata["preview"]
     saved = np.load(record["reconstruction_path"], allow_pickle=False)
     assert {"reconstructed_object", "reconstructed_probe", "loss_per_epoch", "options_json"} <= set(saved.files)
+    assert json.loads(str(saved["options_json"]))["epochs"] == PHYSICS_EPOCHS
     assert saved["loss_per_epoch"].shape == (PHYSICS_EPOCHS,)
     assert saved["loss_per_epoch"][-1] < 0.2 * saved["loss_per_epoch"][0]
 
-    arrays, _ = load_valid(study_paths.input_path(Job(100000, "baseline", "train")))
+    arrays, _ = load_valid(study_paths.input_path(dataset))
     truth, ys, xs = arrays["objectGuess"], arrays["ycoords"], arrays["xcoords"]
     # Score the well-illuminated interior: the scan box shrunk by a quarter probe on each side.
     box = (ys.min() + 16, ys.max() - 16, xs.min() + 16, xs.max() - 16)
@@ -49,31 +72,69 @@ def test_high_dose_reconstruction_is_much_closer_to_the_truth_than_the_start(stu
     assert recon.frc_resolution_fraction > 5 * start.frc_resolution_fraction, (recon, start)
     assert max(abs(s) for s in recon.shift_yx) < 1.0  # the recorded origin puts it where the truth is
 
+    quality = _materializations(result, QUALITY)["100000|baseline_train"]
+    assert quality["phase_ssim"] > start.phase_ssim + 0.2  # scored in the same step, over the Phase C scan box
+
 
 def test_missing_sparse_view_is_a_successful_skip_with_a_warn_check(study_paths, instance):
-    result = _materialize(study_paths, "1000|sparse_test", instance)
+    result = _materialize(study_paths, instance, "1000|sparse_test")
     assert result.success
-    record = result.output_for_node("ptychi_reconstruction")
-    assert record["status"] == "skipped"
-    assert "sparse view not written by Phase D" in record["reason"]
+    for asset_key in (RECONSTRUCTION, QUALITY):
+        metadata = _materializations(result, asset_key)["1000|sparse_test"]
+        assert metadata["status"] == "skipped" and "sparse view not written by Phase D" in metadata["reason"]
     (check,) = result.get_asset_check_evaluations()
-    assert check.check_name == "input_data001" and not check.passed
+    assert check.check_name == "input_data001" and not check.passed and check.partition == "1000|sparse_test"
     assert check.severity == AssetCheckSeverity.WARN and "spacing guard" in check.description
-    assert not study_paths.artifact_dir(Job(1000, "sparse", "test")).exists()
+    assert not study_paths.artifact_dir(Dataset(1000, "sparse", "test")).exists()
+
+
+def test_a_range_run_keeps_each_partitions_own_results_and_fails_only_the_broken_one(study_paths, instance):
+    """All six partitions of dose 1000 in one run (what a backfill's single-run policy does): a float64
+    file fails only its partition; the others keep their own metadata and check results."""
+    broken = study_paths.input_path(Dataset(1000, "dense", "train"))
+    arrays = dict(np.load(broken, allow_pickle=False))
+    arrays["diffraction"] = arrays["diffraction"].astype(np.float64)
+    np.savez(broken, **arrays)
+
+    result = _materialize(study_paths, instance, tags=range_tags("1000|baseline_train", "1000|sparse_test"), epochs=5)
+    assert not result.success
+    runs = instance.get_runs()
+    assert len(runs) == 1, "one run for the six partitions"
+    keys = [f"1000|{view}_{split}" for view in ("baseline", "dense", "sparse") for split in ("train", "test")]
+    statuses = instance.get_status_by_partition(RECONSTRUCTION, keys, STUDY_PARTITIONS)
+    assert statuses.pop("1000|dense_train") == AssetPartitionStatus.FAILED
+    assert set(statuses.values()) == {AssetPartitionStatus.MATERIALIZED}
+
+    reconstructions = _materializations(result, RECONSTRUCTION)
+    assert sorted(reconstructions) == sorted(set(keys) - {"1000|dense_train"})
+    assert reconstructions["1000|baseline_train"]["n_patterns"] > reconstructions["1000|dense_test"]["n_patterns"]
+    assert reconstructions["1000|sparse_train"]["status"] == "skipped"
+
+    checks = {evaluation.partition: evaluation for evaluation in result.get_asset_check_evaluations()}
+    assert sorted(checks) == sorted(keys), "one input_data001 result per partition, none without a partition"
+    assert checks["1000|dense_train"].severity == AssetCheckSeverity.ERROR and "float32" in checks["1000|dense_train"].description
+    assert checks["1000|sparse_test"].severity == AssetCheckSeverity.WARN
+    assert all(checks[key].passed for key in ("1000|baseline_train", "1000|baseline_test", "1000|dense_test"))
+
+    (failure,) = result.get_step_failure_events()
+    message = failure.step_failure_data.user_failure_data.description
+    assert message.startswith("1 of 6 partition(s) failed") and str(broken) in message and "diffraction" in message
+    assert not study_paths.artifact_dir(Dataset(1000, "dense", "train")).exists()
 
 
 def test_a_study_run_with_a_missing_sparse_view_succeeds_and_records_the_skip(study_paths, instance):
-    plan = plan_study(select_jobs([1000], ["dense", "sparse"], ["test"]), study_paths.input_path,
+    plan = plan_study(select_datasets([1000], ["dense", "sparse"], ["test"]), study_paths.input_path,
                       {"dose": [1000], "view": ["dense", "sparse"], "split": ["test"]})
-    outputs = run_study(study_paths, plan, {"epochs": FAST_EPOCHS}, progress=lambda line: None, instance=instance)
+    outputs = launch.run_study(study_paths, plan, ReconstructionOptions(epochs=FAST_EPOCHS), instance, progress=lambda line: None)
     manifest = outputs["reconstruction_manifest"]
 
     runs = [run for run in instance.get_runs() if run.job_name in ("reconstruct_study", "summarize_study")]
-    assert len(runs) == 3 and all(run.is_success for run in runs)  # two partitions, then the summaries
+    # dense_test and sparse_test are not neighbours in the key order (sparse_train lies between): two range runs
+    assert len(runs) == 3 and all(run.is_success for run in runs)
     (result,) = manifest["execution_results"]
     assert (result["view"], result["status"], result["returncode"]) == ("dense", "succeeded", 0)
     assert result["selection_strategy"] == "greedy_min_spacing"
-    assert result["n_accepted"] + result["n_rejected"] == len(load_valid(study_paths.input_path(Job(1000, "baseline", "test")))[0]["xcoords"])
+    assert result["n_accepted"] + result["n_rejected"] == len(load_valid(study_paths.input_path(Dataset(1000, "baseline", "test")))[0]["xcoords"])
     assert [(m["view"], m["split"]) for m in manifest["missing_jobs"]] == [("sparse", "test")]
 
     evaluations = [
@@ -88,20 +149,12 @@ def test_a_study_run_with_a_missing_sparse_view_succeeds_and_records_the_skip(st
     assert f"epoch {FAST_EPOCHS}/{FAST_EPOCHS}" in log_text and "ptychi" in log_text
 
 
-def test_a_data001_failure_blocks_only_its_partition(study_paths, instance):
-    broken = study_paths.input_path(Job(1000, "dense", "train"))
-    arrays = dict(np.load(broken, allow_pickle=False))
-    arrays["diffraction"] = arrays["diffraction"].astype(np.float64)
-    np.savez(broken, **arrays)
-
-    failed = _materialize(study_paths, "1000|dense_train", instance)
-    assert not failed.success
-    (failure,) = failed.get_step_failure_events()
-    message = failure.step_failure_data.user_failure_data.description
-    assert str(broken) in message and "diffraction" in message and "float32" in message
-    (check,) = failed.get_asset_check_evaluations()
-    assert check.check_name == "input_data001" and not check.passed and check.severity == AssetCheckSeverity.ERROR
-    assert "diffraction" in check.description
-    assert not study_paths.artifact_dir(Job(1000, "dense", "train")).exists()
-
-    assert _materialize(study_paths, "1000|dense_test", instance).success
+def test_quality_alone_rescores_a_saved_reconstruction(study_paths, instance):
+    assert _materialize(study_paths, instance, "10000|dense_test").success
+    rescored = materialize_to_memory(
+        STUDY_ASSETS, partition_key="10000|dense_test", resources={"study_paths": study_paths}, instance=instance,
+        selection=[QUALITY],
+    )
+    assert rescored.success
+    assert list(_materializations(rescored, RECONSTRUCTION)) == []  # nothing reconstructed again
+    assert "phase_mae" in _materializations(rescored, QUALITY)["10000|dense_test"]

@@ -1,7 +1,6 @@
 """Faults and hostile input: killed runs, concurrent runs, GPU faults, bad files, bad configuration."""
 
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -11,16 +10,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from dagster import DagsterInstance, DagsterRunStatus, ReexecutionOptions, execute_job, reconstructable
+from dagster import (
+    DagsterInstance,
+    DagsterRunStatus,
+    ReexecutionOptions,
+    execute_job,
+    reconstructable,
+)
 
-from fly64_assets import ptychi_lsqml
-from fly64_assets.artifacts import PARTIAL_SUFFIX, inside_root
-from fly64_assets.bookkeeping import plan_study
-from fly64_assets.definitions import RECONSTRUCT_JOB, build_definitions
-from fly64_assets.execution import run_study
-from fly64_assets.resources import StudyPaths
-from fly64_assets.study import Job, STUDY_PARTITIONS, select_jobs
-from fly64_assets.synthetic import simulate_split
+from fly64_assets import launch
+from fly64_assets.core import lsqml
+from fly64_assets.core.artifacts import PARTIAL_SUFFIX, inside_root
+from fly64_assets.core.bookkeeping import plan_study
+from fly64_assets.core.design import Dataset, select_datasets
+from fly64_assets.core.options import ReconstructionOptions
+from fly64_assets.core.synthetic import simulate_split
+from fly64_assets.definitions import build_definitions
+from fly64_assets.defs.jobs import RECONSTRUCT_JOB
+from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS
+from fly64_assets.defs.resources import StudyPaths
 from fly64_assets_tests.conftest import FAST_EPOCHS
 
 
@@ -32,7 +40,7 @@ def reconstruct_study_job():
 RUNNER = """
 import sys
 from dagster import DagsterInstance, execute_job, reconstructable
-from fly64_assets.study import STUDY_PARTITIONS
+from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS
 from fly64_assets_tests.test_reliability import reconstruct_study_job
 key, epochs = sys.argv[1], int(sys.argv[2])
 with DagsterInstance.get() as instance:
@@ -79,7 +87,7 @@ def _visible_files(root: Path) -> list[Path]:
 
 
 def test_a_killed_run_leaves_no_torn_file_and_reexecution_from_failure_completes(study_paths, study_env):
-    job_dir = study_paths.artifact_dir(Job(1000, "baseline", "train"))
+    job_dir = study_paths.artifact_dir(Dataset(1000, "baseline", "train"))
     runner = _start_runner(study_env, "1000|baseline_train", 200)
 
     def mid_reconstruction():
@@ -111,7 +119,7 @@ def test_two_runs_of_the_same_partition_at_once_never_tear_a_file(study_paths, s
     runners = [_start_runner(study_env, "1000|dense_train", 60) for _ in range(2)]
     outcomes = [runner.wait(timeout=300) for runner in runners]
     assert outcomes == [0, 0], [runner.stderr.read()[-2000:] for runner in runners]
-    job_dir = study_paths.artifact_dir(Job(1000, "dense", "train"))
+    job_dir = study_paths.artifact_dir(Dataset(1000, "dense", "train"))
     saved = np.load(job_dir / "ptychi_reconstruction.npz", allow_pickle=False)
     assert saved["loss_per_epoch"].shape == (60,)
     assert (job_dir / "ptychi.log").read_text().rstrip().splitlines()[-1].split(": ", 1)[1].startswith("done in")
@@ -129,31 +137,35 @@ class _Payload:
 
 
 def test_bad_inputs_fail_their_own_partition_with_a_clear_error(study_paths, instance, tmp_path):
-    directory = study_paths.input_path(Job(1000, "baseline", "train"))
+    directory = study_paths.input_path(Dataset(1000, "baseline", "train"))
     directory.unlink()
     directory.mkdir()
-    study_paths.input_path(Job(1000, "baseline", "test")).write_bytes(b"")
+    study_paths.input_path(Dataset(1000, "baseline", "test")).write_bytes(b"")
     marker = tmp_path / "payload_ran"
-    hostile = study_paths.input_path(Job(10000, "dense", "train"))
+    hostile = study_paths.input_path(Dataset(10000, "dense", "train"))
     arrays = dict(np.load(hostile, allow_pickle=False))
     np.savez(hostile, **{**arrays, "_metadata": np.array(_Payload(marker), dtype=object)})
-    not_json = study_paths.input_path(Job(10000, "dense", "test"))
+    not_json = study_paths.input_path(Dataset(10000, "dense", "test"))
     np.savez(not_json, **{**dict(np.load(not_json, allow_pickle=False)), "_metadata": np.array("{not json")})
 
-    jobs = [Job(1000, "baseline", "train"), Job(1000, "baseline", "test"), Job(10000, "dense", "train"),
-            Job(10000, "dense", "test"), Job(100000, "dense", "train")]
-    plan = plan_study(jobs, study_paths.input_path)
-    manifest = run_study(study_paths, plan, {"epochs": FAST_EPOCHS}, progress=lambda line: None,
-                         instance=instance)["reconstruction_manifest"]
+    datasets = [Dataset(1000, "baseline", "train"), Dataset(1000, "baseline", "test"), Dataset(10000, "dense", "train"),
+                Dataset(10000, "dense", "test"), Dataset(100000, "dense", "train")]
+    plan = plan_study(datasets, study_paths.input_path)
+    manifest = launch.run_study(study_paths, plan, ReconstructionOptions(epochs=FAST_EPOCHS), instance,
+                                progress=lambda line: None)["reconstruction_manifest"]
 
     assert not marker.exists()
-    statuses = {Job(r["dose"], r["view"], r["split"]): r["status"] for r in manifest["execution_results"]}
-    assert [statuses[job] for job in jobs] == ["failed"] * 4 + ["succeeded"]
-    messages = {}
+    statuses = {Dataset(r["dose"], r["view"], r["split"]): r["status"] for r in manifest["execution_results"]}
+    assert [statuses[dataset] for dataset in datasets] == ["failed"] * 4 + ["succeeded"]
+    messages = {}  # a range run's failure lists each failed partition as "<key>: <message>"
     for run in instance.get_runs():
         if run.job_name == RECONSTRUCT_JOB and run.status == DagsterRunStatus.FAILURE:
             failures = [e for e in instance.all_logs(run.run_id) if e.dagster_event and e.dagster_event.is_step_failure]
-            messages[run.tags["dagster/partition"]] = failures[0].dagster_event.step_failure_data.user_failure_data.description
+            description = failures[0].dagster_event.step_failure_data.user_failure_data.description
+            for part in description.split("\n\n")[1:]:
+                key, _, message = part.partition(": ")
+                messages[key] = message
+    assert sorted(messages) == sorted(dataset.partition_key for dataset in datasets[:4])
     assert "found a directory" in messages["1000|baseline_train"] and str(directory) in messages["1000|baseline_train"]
     assert "empty" in messages["1000|baseline_test"]
     assert "_metadata" in messages["10000|dense_train"] and "refused" in messages["10000|dense_train"]
@@ -162,25 +174,25 @@ def test_bad_inputs_fail_their_own_partition_with_a_clear_error(study_paths, ins
 
 def test_out_of_memory_retries_with_half_the_batch_then_fails_clearly(monkeypatch):
     arrays = simulate_split("demo", 100000, "train")
-    real_run = ptychi_lsqml._run_lsqml
+    real_run = lsqml._run_lsqml
 
     def run_fitting_only_small_batches(data, settings, device, batch_size, on_epoch):
         if batch_size > 12:
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
         return real_run(data, settings, device, batch_size, on_epoch)
 
-    monkeypatch.setattr(ptychi_lsqml, "_run_lsqml", run_fitting_only_small_batches)
-    settings = ptychi_lsqml.LSQMLSettings(epochs=2, device="cpu")
+    monkeypatch.setattr(lsqml, "_run_lsqml", run_fitting_only_small_batches)
+    settings = ReconstructionOptions(epochs=2, device="cpu")
     args = (arrays["diffraction"], arrays["probeGuess"], arrays["ycoords"], arrays["xcoords"], settings)
-    result = ptychi_lsqml.reconstruct(*args)
+    result = lsqml.reconstruct(*args)
     assert result.batch_sizes_tried == (49, 24, 12) and result.loss_per_epoch.shape == (2,)
 
     def never_fits(*_):
         raise torch.OutOfMemoryError("CUDA out of memory (injected)")
 
-    monkeypatch.setattr(ptychi_lsqml, "_run_lsqml", never_fits)
-    with pytest.raises(ptychi_lsqml.GpuOutOfMemoryError, match=r"batch sizes \[49, 24, 12, 6\]"):
-        ptychi_lsqml.reconstruct(*args)
+    monkeypatch.setattr(lsqml, "_run_lsqml", never_fits)
+    with pytest.raises(lsqml.GpuOutOfMemoryError, match=r"batch sizes \[49, 24, 12, 6\]"):
+        lsqml.reconstruct(*args)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
@@ -193,7 +205,7 @@ def test_a_required_gpu_that_is_absent_fails_the_step_instead_of_using_the_cpu(s
     assert not result.success
     (failure,) = result.get_step_failure_events()
     assert "'cuda:0' was requested but this machine has no CUDA GPU" in failure.step_failure_data.user_failure_data.description
-    assert not study_paths.artifact_dir(Job(1000, "dense", "train")).joinpath("ptychi_reconstruction.npz").exists()
+    assert not study_paths.artifact_dir(Dataset(1000, "dense", "train")).joinpath("ptychi_reconstruction.npz").exists()
 
 
 def test_configuration_errors_get_one_clear_message_each(study_paths, instance, tmp_path):
@@ -211,9 +223,9 @@ def test_configuration_errors_get_one_clear_message_each(study_paths, instance, 
     (failure,) = result.get_step_failure_events()
     assert f"Phase C root {tmp_path / 'absent'} does not exist" in failure.step_failure_data.user_failure_data.description
     with pytest.raises(ValueError, match="not of the form"):
-        Job.from_partition_key("1000/dense_train")
+        Dataset.from_partition_key("1000/dense_train")
     with pytest.raises(ValueError, match="unknown view"):
-        select_jobs(views=["dense", "medium"])
+        select_datasets(views=["dense", "medium"])
 
 
 def test_artifact_paths_never_escape_the_artifact_root(study_paths):
@@ -222,6 +234,6 @@ def test_artifact_paths_never_escape_the_artifact_root(study_paths):
     with pytest.raises(ValueError, match="outside the artifact root"):
         inside_root(Path(study_paths.artifact_root), Path("/etc/passwd"))
     with pytest.raises(ValueError, match="unknown view"):
-        Job(1000, "../../etc", "train")
+        Dataset(1000, "../../etc", "train")
     with pytest.raises(ValueError, match="unknown view"):
-        Job.from_partition_key("1000|../../etc_train")
+        Dataset.from_partition_key("1000|../../etc_train")

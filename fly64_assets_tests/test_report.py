@@ -1,4 +1,4 @@
-"""The study report (fly64_assets.report): rows over the full grid, tables, the dose exponent, figures, pages."""
+"""The study report (fly64_assets.core.report): rows over the full grid, tables, the dose exponent, figures, pages."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import re
 import numpy as np
 import pytest
 
-from fly64_assets import report
-from fly64_assets.study import ALL_JOBS, DOSES, VIEWS
+from fly64_assets.core import report
+from fly64_assets.core.design import ALL_DATASETS, DOSES, VIEWS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -35,13 +35,13 @@ def metrics_for(dose: int, view: str, split: str, exponent: float = -0.3) -> dic
 def make_records(exponent: float = -0.3) -> list[dict]:
     """Every job except sparse at the highest dose (absent: missing); sparse elsewhere skipped, one failure."""
     records = []
-    for job in ALL_JOBS:
+    for job in ALL_DATASETS:
         record = {"dose": job.dose, "view": job.view, "split": job.split}
         if job.view == "sparse" and job.dose == 100000:
             continue  # no record at all -> "missing"
         if job.view == "sparse":
             record.update(status="skipped", reason="sparse view not written by Phase D (acceptance 4% < 10%)")
-        elif job == ALL_JOBS[3]:  # 1000 | dense | test
+        elif job == ALL_DATASETS[3]:  # 1000 | dense | test
             record.update(status="failed", reason="LSQML diverged | NaN loss")
         else:
             record.update(
@@ -63,7 +63,7 @@ def rows() -> list[dict]:
 
 def test_quality_rows_cover_the_grid_in_order_and_mark_absent_jobs_missing(rows):
     assert len(rows) == 18
-    assert [(r["dose"], r["view"], r["split"]) for r in rows] == [(j.dose, j.view, j.split) for j in ALL_JOBS]
+    assert [(r["dose"], r["view"], r["split"]) for r in rows] == [(j.dose, j.view, j.split) for j in ALL_DATASETS]
     assert all(list(r) == list(report.ROW_KEYS) for r in rows)
     by_job = {(r["dose"], r["view"], r["split"]): r for r in rows}
     for split in ("train", "test"):

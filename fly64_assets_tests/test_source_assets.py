@@ -4,8 +4,9 @@ import numpy as np
 from dagster import AssetCheckKey, AssetCheckSeverity, AssetKey, DataVersionsByPartition
 
 from fly64_assets.definitions import build_definitions
-from fly64_assets.defs.sources import observe_files
-from fly64_assets.study import PHASE_C_PARTITIONS, PHASE_D_PARTITIONS, Job
+from fly64_assets.defs.inputs.assets import observe_files
+from fly64_assets.core.design import Dataset
+from fly64_assets.defs.inputs.partitions import PHASE_C_PARTITIONS, PHASE_D_PARTITIONS
 
 
 def _run_check(defs, job_name, partition_key, instance):
@@ -18,12 +19,12 @@ def _run_check(defs, job_name, partition_key, instance):
 
 
 def test_checks_pass_fail_and_skip_per_partition(study_paths, instance):
-    float64_file = study_paths.input_path(Job(1000, "baseline", "train"))
+    float64_file = study_paths.input_path(Dataset(1000, "baseline", "train"))
     arrays = dict(np.load(float64_file, allow_pickle=False))
     arrays["diffraction"] = arrays["diffraction"].astype(np.float64)
     arrays["probeGuess"] = arrays["probeGuess"].astype(np.complex128)
     np.savez(float64_file, **arrays)
-    study_paths.input_path(Job(10000, "dense", "test")).write_bytes(b"not a zip file")
+    study_paths.input_path(Dataset(10000, "dense", "test")).write_bytes(b"not a zip file")
     defs = build_definitions(study_paths)
 
     bad = _run_check(defs, "check_phase_c_inputs", "1000|train", instance)
@@ -50,7 +51,7 @@ def test_data_versions_follow_file_content_and_skip_missing_files(study_paths):
         f"{d}|dense_{s}" for d in (1000, 10000, 100000) for s in ("train", "test")
     )  # sparse is absent at every dose: no observation, no version
 
-    changed = study_paths.input_path(Job(1000, "baseline", "train"))
+    changed = study_paths.input_path(Dataset(1000, "baseline", "train"))
     versions = observe_files(study_paths, PHASE_C_PARTITIONS.get_partition_keys()).data_versions_by_partition
     arrays = dict(np.load(changed, allow_pickle=False))
     arrays["diffraction"] = arrays["diffraction"] * np.float32(1.01)
@@ -61,9 +62,9 @@ def test_data_versions_follow_file_content_and_skip_missing_files(study_paths):
 
 
 def test_recording_input_checks_covers_every_input_partition(study_paths, instance):
-    from fly64_assets.execution import record_input_checks
+    from fly64_assets.launch import record_input_checks
 
-    study_paths.input_path(Job(1000, "baseline", "train")).write_bytes(b"")
+    study_paths.input_path(Dataset(1000, "baseline", "train")).write_bytes(b"")
     assert record_input_checks(study_paths, instance) == {"ok": 11, "invalid": 1, "missing": 6}
     checks = instance.event_log_storage.get_latest_asset_check_execution_by_key(
         [AssetCheckKey(AssetKey("phase_c_patched"), "data001")]

@@ -4,18 +4,19 @@ import csv
 import io
 from pathlib import Path
 
-from fly64_assets.bookkeeping import plan_study
-from fly64_assets.execution import run_study
-from fly64_assets.study import select_jobs
+from fly64_assets.core.bookkeeping import plan_study
+from fly64_assets import launch
+from fly64_assets.core.options import ReconstructionOptions
+from fly64_assets.core.design import select_datasets
 
 REPORT_EPOCHS = 50
 
 
 def test_baseline_quality_improves_with_dose_and_the_report_shows_it(study_paths, instance):
-    plan = plan_study(select_jobs(views=["baseline"], splits=["train"]), study_paths.input_path,
+    plan = plan_study(select_datasets(views=["baseline"], splits=["train"]), study_paths.input_path,
                       {"dose": [], "view": ["baseline"], "split": ["train"]})
-    study_report = run_study(study_paths, plan, {"epochs": REPORT_EPOCHS}, progress=lambda line: None,
-                             instance=instance)["study_report"]
+    study_report = launch.run_study(study_paths, plan, ReconstructionOptions(epochs=REPORT_EPOCHS), instance,
+                                    progress=lambda line: None)["study_report"]
 
     rows = {(r["dose"], r["view"], r["split"]): r for r in study_report["rows"]}
     baseline = [rows[(dose, "baseline", "train")] for dose in (1000, 10000, 100000)]

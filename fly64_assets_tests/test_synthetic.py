@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fly64_assets import synthetic
-from fly64_assets.study import (
+from fly64_assets.core import synthetic
+from fly64_assets.core.design import (
     DOSES,
     MIN_ACCEPTANCE,
     PATTERN_SIZE,
@@ -199,7 +199,7 @@ def test_noise_free_model_equals_ptychi_forward_model():
     from ptychi import api
     from ptychi.api.task import PtychographyTask
 
-    from fly64_assets.ptychi_lsqml import _isolated_ptychi_state
+    from fly64_assets.core.lsqml import _isolated_ptychi_state
 
     arrays = synthetic.simulate_split(synthetic.Scale("tiny", object_size=160, scan_step=15), 10000, "train")
     obj, probe, ycoords, xcoords = (arrays[k] for k in ("objectGuess", "probeGuess", "ycoords", "xcoords"))

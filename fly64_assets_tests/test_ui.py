@@ -16,66 +16,38 @@ import json
 import os
 import shutil
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-import yaml
 
-from fly64_assets.bookkeeping import RECONSTRUCTED, SKIPPED
-from fly64_assets.study import ALL_JOBS, STUDY_PARTITIONS
-from fly64_assets.synthetic import simulate_study
-from fly64_assets_tests.ui_helpers import Chromium, DagsterDev, find_chromium
+from fly64_assets.core.bookkeeping import RECONSTRUCTED, SKIPPED
+from fly64_assets.core.design import ALL_DATASETS, DOSES
+from fly64_assets.core.synthetic import simulate_study
+from fly64_assets.defs.reconstruction.partitions import (
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    STUDY_PARTITIONS,
+)
+from fly64_assets_tests.dagster_dev import (
+    UI_BACKFILL_ASSETS,
+    DagsterDev,
+    run_ui_backfill,
+)
+from fly64_assets_tests.ui_helpers import Chromium, find_chromium
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS_ENV = "FLY64_TEST_ARTIFACTS"
 
 RECONSTRUCTION = "ptychi_reconstruction"
 INPUT_CHECK = "input_data001"
-BACKFILL_ASSETS = ["ptychi_reconstruction", "reconstruction_manifest", "reconstruction_quality", "skip_summary", "study_report"]
-"""What the asset graph's "Materialize all (5)" selects: every materializable asset of the study."""
 PARTITIONED_ASSETS = {"ptychi_reconstruction", "reconstruction_quality"}
 SKIP_REASON = "sparse view not written by Phase D"
-SPARSE_KEYS = sorted(job.partition_key for job in ALL_JOBS if job.view == "sparse")
+SPARSE_KEYS = sorted(dataset.partition_key for dataset in ALL_DATASETS if dataset.view == "sparse")
 EPOCHS = "5"
 BACKFILL_TIMEOUT_S = 900.0
-TERMINAL_BACKFILL_STATUSES = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 VIEWPORT = (1920, 1080)
-
-LAUNCH_BACKFILL = """
-mutation LaunchBackfill($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message stack }
-    ... on Error { message }
-  }
-}"""
-
-BACKFILL_STATUS = """
-query Backfill($id: String!) {
-  partitionBackfillOrError(backfillId: $id) {
-    __typename
-    ... on PartitionBackfill {
-      status
-      numPartitions
-      error { message }
-      assetBackfillData {
-        assetBackfillStatuses {
-          __typename
-          ... on AssetPartitionsStatusCounts {
-            assetKey { path } numPartitionsTargeted numPartitionsInProgress numPartitionsMaterialized numPartitionsFailed
-          }
-          ... on UnpartitionedAssetStatus { assetKey { path } inProgress materialized failed }
-        }
-      }
-      runs { runId status tags { key value } }
-    }
-    ... on PythonError { message }
-  }
-}"""
 
 PARTITION_STATS = """
 query Stats($key: AssetKeyInput!) {
@@ -126,50 +98,18 @@ def study_environment(root: Path) -> dict[str, str]:
     return env
 
 
-CPU_SLOTS = 2
-"""The CI machine has 2 cores and no GPU: 2 runs at once, and 2 reconstruction steps in the "gpu" pool."""
-
-
 def write_instance_config(dagster_home: Path) -> None:
-    """The project's dagster.yaml, sized for a 2-core machine without a GPU.
-
-    The project's pool limit (one reconstruction at a time: one per GPU) would serialise all 19 runs of the
-    backfill, skips included; on a CPU two at a time halve the wall time. The queue is polled every second.
-    Everything else is the project's.
-    """
-    config = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text()) or {}
-    concurrency = config.setdefault("concurrency", {})
-    runs = concurrency.setdefault("runs", {})
-    runs["max_concurrent_runs"] = min(int(runs.get("max_concurrent_runs", CPU_SLOTS)), CPU_SLOTS)
-    concurrency.setdefault("pools", {})["default_limit"] = CPU_SLOTS
-    # Start a queued run within a second of a slot freeing, not five (19 runs pass through the queue).
-    config["run_coordinator"] = {
-        "module": "dagster.core.run_coordinator",
-        "class": "QueuedRunCoordinator",
-        "config": {"dequeue_interval_seconds": 1},
-    }
-    config.setdefault("telemetry", {})["enabled"] = False
+    """The project's dagster.yaml, as shipped: the backfill is measured and checked with the users' settings."""
     dagster_home.mkdir(parents=True, exist_ok=True)
-    (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    shutil.copyfile(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
 
 
 def asset_key(name: str) -> dict:
     return {"path": [name]}
 
 
-def ui_backfill_params() -> dict:
-    """What the UI sends (captured from dagster-webserver 1.13.27) for: asset graph, "Materialize all (5)…",
-    "All" doses, "All" view_splits, "Launch backfill"."""
-    return {
-        "tags": [{"key": "dagster/from_ui", "value": "true"}],
-        "assetSelection": [asset_key(name) for name in BACKFILL_ASSETS],
-        "partitionNames": STUDY_PARTITIONS.get_partition_keys(),
-        "fromFailure": False,
-    }
-
-
-def run_partition(run: dict) -> str | None:
-    return next((tag["value"] for tag in run["tags"] if tag["key"] == "dagster/partition"), None)
+def run_tags(run: dict) -> dict[str, str]:
+    return {tag["key"]: tag["value"] for tag in run["tags"]}
 
 
 @dataclass
@@ -194,19 +134,8 @@ def ui_study(tmp_path_factory) -> UIStudy:
         server.start()
         # What clicking "Skip" on the first visit's "Join the Dagster community" dialog records.
         server.graphql("mutation { setNuxSeen }")
-        launched = server.graphql(LAUNCH_BACKFILL, {"params": ui_backfill_params()})["launchPartitionBackfill"]
-        assert launched["__typename"] == "LaunchBackfillSuccess", launched
-        backfill_id = launched["backfillId"]
-        started = time.monotonic()
-        while True:
-            backfill = server.graphql(BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
-            assert backfill["__typename"] == "PartitionBackfill", backfill
-            if backfill["status"] in TERMINAL_BACKFILL_STATUSES:
-                break
-            if time.monotonic() - started > BACKFILL_TIMEOUT_S:
-                pytest.fail(f"backfill {backfill_id} still {backfill['status']} after {BACKFILL_TIMEOUT_S:.0f} s: {backfill}")
-            time.sleep(3.0)
-        yield UIStudy(server, root, backfill_id, backfill, time.monotonic() - started, shots)
+        backfill_id, backfill, seconds = run_ui_backfill(server, STUDY_PARTITIONS.get_partition_keys(), BACKFILL_TIMEOUT_S)
+        yield UIStudy(server, root, backfill_id, backfill, seconds, shots)
     finally:
         server.stop()
         if server.log_path.exists():
@@ -239,16 +168,19 @@ def test_backfill_of_the_whole_study_ends_successful(ui_study):
     assert backfill["status"] == "COMPLETED_SUCCESS", backfill
     assert backfill["error"] is None
     statuses = {"/".join(s["assetKey"]["path"]): s for s in backfill["assetBackfillData"]["assetBackfillStatuses"]}
-    assert set(statuses) == set(BACKFILL_ASSETS)
+    assert set(statuses) == set(UI_BACKFILL_ASSETS)
     for name in PARTITIONED_ASSETS:
         counts = statuses[name]
         assert (counts["numPartitionsTargeted"], counts["numPartitionsMaterialized"]) == (18, 18), counts
         assert (counts["numPartitionsFailed"], counts["numPartitionsInProgress"]) == (0, 0), counts
-    for name in set(BACKFILL_ASSETS) - PARTITIONED_ASSETS:
+    for name in set(UI_BACKFILL_ASSETS) - PARTITIONED_ASSETS:
         assert statuses[name]["materialized"] and not statuses[name]["failed"], statuses[name]
     runs = backfill["runs"]
-    assert runs and all(run["status"] == "SUCCESS" for run in runs), [(run_partition(r), r["status"]) for r in runs]
-    assert {run_partition(run) for run in runs} >= {job.partition_key for job in ALL_JOBS}
+    assert all(run["status"] == "SUCCESS" for run in runs), [(run_tags(r), r["status"]) for r in runs]
+    # BackfillPolicy.single_run: one run per dose (a range of its 6 partitions), then one for the summaries.
+    ranges = sorted((run_tags(run).get(RANGE_START_TAG), run_tags(run).get(RANGE_END_TAG)) for run in runs)
+    assert len(runs) == 4, ranges
+    assert ranges == sorted([(None, None)] + [(f"{dose}|baseline_train", f"{dose}|sparse_test") for dose in DOSES]), ranges
 
     stats = ui_study.server.graphql(PARTITION_STATS, {"key": asset_key(RECONSTRUCTION)})["assetNodeOrError"]["partitionStats"]
     assert stats == {"numMaterialized": 18, "numPartitions": 18, "numFailed": 0, "numMaterializing": 0}
@@ -261,8 +193,9 @@ def test_the_six_sparse_skips_are_warn_checks_with_their_reason(ui_study):
     for execution in sorted(executions, key=lambda e: e["timestamp"]):
         if execution["runId"] in backfill_runs:
             # Per-partition checks carry their partition; otherwise the run's partition tag says which one.
-            latest[execution["partition"] or run_partition(execution["run"])] = execution
-    assert sorted(latest) == sorted(job.partition_key for job in ALL_JOBS)
+            assert execution["partition"], "every input_data001 result names its partition"
+            latest[execution["partition"]] = execution
+    assert sorted(latest) == sorted(dataset.partition_key for dataset in ALL_DATASETS)
     warned = {key: e for key, e in latest.items() if not e["evaluation"]["success"]}
     assert sorted(warned) == SPARSE_KEYS
     for key, execution in warned.items():

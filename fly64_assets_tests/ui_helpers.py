@@ -1,4 +1,4 @@
-"""Helpers for the UI test: a `dagster dev` server, its GraphQL API, and headless Chromium.
+"""Helpers for the UI test: headless Chromium (the server is in ``dagster_dev.py``).
 
 Chromium is driven through the Chrome DevTools Protocol over a pipe (``--remote-debugging-pipe``:
 JSON messages separated by NUL bytes on file descriptors 3 and 4), so nothing beyond the standard
@@ -12,20 +12,17 @@ import base64
 import collections
 import contextlib
 import fcntl
-import http.client
 import json
 import os
 import select
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+
+from fly64_assets_tests.dagster_dev import stop_process_group
 
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome")
 
@@ -40,114 +37,6 @@ def find_chromium() -> str | None:
         if found:
             return found
     return None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def stop_process_group(process: subprocess.Popen, grace_s: float = 20.0) -> None:
-    """SIGTERM to the process group that ``process`` leads, then SIGKILL if it is still there."""
-    if process.poll() is not None and not _group_alive(process.pid):
-        return
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            if process.poll() is not None and not _group_alive(process.pid):
-                return
-            time.sleep(0.2)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-# --- dagster dev and its GraphQL API --------------------------------------------------------------
-
-
-class GraphQLError(AssertionError):
-    pass
-
-
-class DagsterDev:
-    """``dagster dev -w workspace.yaml`` on 127.0.0.1:<port>, in its own session; ``stop()`` ends the group."""
-
-    def __init__(self, repo_root: Path, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
-        self.repo_root = repo_root
-        self.env = env
-        self.log_path = log_path
-        self.port = port or free_port()
-        self.process: subprocess.Popen | None = None
-        self._log = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout_s: float = 180.0) -> None:
-        dagster = Path(self.env.get("VIRTUAL_ENV", "")) / "bin" / "dagster"
-        executable = str(dagster) if dagster.exists() else shutil.which("dagster", path=self.env.get("PATH"))
-        if executable is None:
-            raise RuntimeError("the dagster command is not installed in this environment")
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed by stop()
-        self.process = subprocess.Popen(
-            [executable, "dev", "-w", "workspace.yaml", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=self.repo_root,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"dagster dev exited with {self.process.returncode}; see {self.log_path}")
-            try:
-                data = self.graphql(
-                    "{ version workspaceOrError { ... on Workspace { locationEntries { name "
-                    "locationOrLoadError { __typename } } } } }",
-                    timeout_s=10,
-                )
-                entries = data["workspaceOrError"]["locationEntries"]
-                if entries and all(e["locationOrLoadError"] and e["locationOrLoadError"]["__typename"] == "RepositoryLocation" for e in entries):
-                    return
-                if any(e["locationOrLoadError"] and e["locationOrLoadError"]["__typename"] == "PythonError" for e in entries):
-                    raise RuntimeError(f"the code location failed to load: {entries}; see {self.log_path}")
-            except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, ValueError, GraphQLError):
-                pass
-            time.sleep(1.0)
-        raise TimeoutError(f"dagster dev did not answer on {self.url} within {timeout_s:.0f} s; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process_group(self.process)
-        if self._log is not None:
-            self._log.close()
-
-    def graphql(self, query: str, variables: dict | None = None, timeout_s: float = 60.0) -> dict:
-        request = urllib.request.Request(
-            f"{self.url}/graphql",
-            data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            payload = json.load(response)
-        if payload.get("errors"):
-            raise GraphQLError(f"GraphQL errors: {payload['errors']}")
-        return payload["data"]
 
 
 # --- Chromium over the DevTools protocol ----------------------------------------------------------

@@ -6,12 +6,13 @@ documents from plain facts, so the Dagster assets and the ``fly64`` command prod
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from fly64_assets.contract import ContractError, read_metadata
-from fly64_assets.study import ALL_JOBS, MIN_ACCEPTANCE, PHASE_D_VIEWS, SPLITS, VIEWS, Job, spacing_threshold
+from fly64_assets.core.contract import ContractError, read_metadata
+from fly64_assets.core.design import ALL_DATASETS, MIN_ACCEPTANCE, PHASE_D_VIEWS, SPLITS, VIEWS, Dataset, spacing_threshold
 
 SELECTION_FACTS = ("selection_strategy", "acceptance_rate", "spacing_threshold", "n_accepted", "n_rejected")
 """Phase D ``_metadata`` keys that every execution result carries (None for the baseline view)."""
@@ -24,14 +25,26 @@ NOT_RUN = "not_run"
 """Present input, selected, but no reconstruction recorded (never materialized, or a failed run's upstream)."""
 
 LOG_NAME = "ptychi.log"
+RECONSTRUCTION_RECORD = "reconstruction.json"
+QUALITY_RECORD = "quality.json"
+"""Each reconstructed dataset's folder holds these records (small JSON documents: paths, facts, metrics);
+the manifest and the report are built from them. A skipped dataset has no folder."""
 
 
-def missing_reason(job: Job, path: Path) -> str:
-    """Why a job has no input: a thinned view that Phase D did not write, or a missing Phase C file."""
-    if job.is_phase_d:
+def read_record(folder: Path, name: str) -> dict | None:
+    """The record ``name`` in a dataset's folder, or None when it was never written."""
+    path = Path(folder) / name
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def missing_reason(dataset: Dataset, path: Path) -> str:
+    """Why a dataset has no input: a thinned view that Phase D did not write, or a missing Phase C file."""
+    if dataset.is_phase_d:
         return (
-            f"{job.view} view not written by Phase D ({path} absent): rejected by the spacing guard "
-            f"(keeps positions >= {spacing_threshold(job.view):g} px apart; a view keeping under "
+            f"{dataset.view} view not written by Phase D ({path} absent): rejected by the spacing guard "
+            f"(keeps positions >= {spacing_threshold(dataset.view):g} px apart; a view keeping under "
             f"{MIN_ACCEPTANCE:.0%} of the positions is not written)"
         )
     return f"Phase C file missing: {path} absent"
@@ -48,20 +61,20 @@ def selection_facts(input_path: Path) -> dict:
 
 @dataclass
 class StudyPlan:
-    """Which jobs were asked for and which of them have no input file."""
+    """Which datasets were asked for and which of them have no input file."""
 
-    selected: list[Job]
-    missing: dict[Job, str] = field(default_factory=dict)
+    selected: list[Dataset]
+    missing: dict[Dataset, str] = field(default_factory=dict)
     filters: dict[str, list] = field(default_factory=dict)
 
     @property
-    def runnable(self) -> list[Job]:
-        return [job for job in self.selected if job not in self.missing]
+    def runnable(self) -> list[Dataset]:
+        return [dataset for dataset in self.selected if dataset not in self.missing]
 
 
-def plan_study(selected: list[Job], input_path_of, filters: dict[str, list] | None = None) -> StudyPlan:
-    """Look up each selected job's input file; ``input_path_of(job)`` gives its path."""
-    missing = {job: missing_reason(job, input_path_of(job)) for job in selected if not input_path_of(job).exists()}
+def plan_study(selected: list[Dataset], input_path_of, filters: dict[str, list] | None = None) -> StudyPlan:
+    """Look up each selected dataset's input file; ``input_path_of(dataset)`` gives its path."""
+    missing = {dataset: missing_reason(dataset, input_path_of(dataset)) for dataset in selected if not input_path_of(dataset).exists()}
     return StudyPlan(selected=list(selected), missing=missing, filters=filters or {})
 
 
@@ -69,7 +82,7 @@ def _timestamp() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _execution_result(job: Job, outcome: dict | None, input_path: Path, artifact_root: Path, dry_run: bool) -> dict:
+def _execution_result(dataset: Dataset, outcome: dict | None, input_path: Path, artifact_root: Path, dry_run: bool) -> dict:
     if outcome is None:
         status = PLANNED if dry_run else NOT_RUN
         outcome = {}
@@ -77,10 +90,10 @@ def _execution_result(job: Job, outcome: dict | None, input_path: Path, artifact
         status = outcome["status"]
     returncode = {RECONSTRUCTED: 0, FAILED: 1}.get(status)
     return {
-        **job.as_record(),
+        **dataset.as_record(),
         "status": status,
         "returncode": returncode,
-        "log_path": str(job.artifact_dir(artifact_root) / LOG_NAME),
+        "log_path": str(dataset.artifact_dir(artifact_root) / LOG_NAME),
         "input_path": str(input_path),
         **selection_facts(input_path),
         **{key: outcome.get(key) for key in ("reconstruction_path", "wall_time_s", "device", "n_patterns", "final_loss", "error")},
@@ -89,39 +102,39 @@ def _execution_result(job: Job, outcome: dict | None, input_path: Path, artifact
 
 def build_manifest(
     plan: StudyPlan,
-    outcomes: dict[Job, dict],
+    outcomes: dict[Dataset, dict],
     input_path_of,
     artifact_root: Path,
     dry_run: bool = False,
 ) -> dict:
     """``reconstruction_manifest.json``: the planned jobs, what each execution did, and what was missing.
 
-    ``outcomes`` maps a job to its recorded result (``status`` plus facts such as ``wall_time_s``).
+    ``outcomes`` maps a dataset to its recorded result (``status`` plus facts such as ``wall_time_s``).
     """
     return {
         "timestamp": _timestamp(),
         "dry_run": dry_run,
         "filters": plan.filters,
-        "jobs": [job.as_record() for job in plan.selected],
-        "total_jobs": len(ALL_JOBS),
+        "jobs": [dataset.as_record() for dataset in plan.selected],
+        "total_jobs": len(ALL_DATASETS),
         "filtered_jobs": len(plan.selected),
         "execution_results": [
-            _execution_result(job, outcomes.get(job), input_path_of(job), Path(artifact_root), dry_run)
-            for job in plan.runnable
+            _execution_result(dataset, outcomes.get(dataset), input_path_of(dataset), Path(artifact_root), dry_run)
+            for dataset in plan.runnable
         ],
-        "missing_jobs": [{**job.as_record(), "reason": reason} for job, reason in plan.missing.items()],
+        "missing_jobs": [{**dataset.as_record(), "reason": reason} for dataset, reason in plan.missing.items()],
     }
 
 
 def build_skip_summary(manifest: dict) -> dict:
-    """``skip_summary.json`` from a manifest: every job not reconstructed by design, with its reason.
+    """``skip_summary.json`` from a manifest: every dataset not reconstructed by design, with its reason.
 
     Jobs outside the filters count as skipped (as in the old script), and so do selected jobs whose
     input is missing; ``missing_phase_d_count`` counts the missing Phase D files among the selected.
     """
-    selected = {Job(**entry) for entry in manifest["jobs"]}
+    selected = {Dataset(**entry) for entry in manifest["jobs"]}
     described = ", ".join(f"{name}={values}" for name, values in manifest["filters"].items() if values)
-    skipped = [{**job.as_record(), "reason": f"excluded by the filters {described}"} for job in ALL_JOBS if job not in selected]
+    skipped = [{**dataset.as_record(), "reason": f"excluded by the filters {described}"} for dataset in ALL_DATASETS if dataset not in selected]
     skipped += manifest["missing_jobs"]
     return {
         "timestamp": _timestamp(),

@@ -2,10 +2,7 @@
 
 from dagster import (
     AssetExecutionContext,
-    AssetIn,
-    AssetKey,
     AssetPartitionStatus,
-    Config,
     MetadataValue,
     Output,
     TableColumn,
@@ -13,27 +10,18 @@ from dagster import (
     TableSchema,
     asset,
 )
-from pydantic import Field
 
-from fly64_assets.artifacts import write_json
-from fly64_assets.bookkeeping import FAILED, build_manifest, build_skip_summary, plan_study
-from fly64_assets.resources import StudyPaths
-from fly64_assets.study import STUDY_PARTITIONS, Job, select_jobs
+from fly64_assets.core.artifacts import write_json
+from fly64_assets.core.bookkeeping import RECONSTRUCTION_RECORD, FAILED, build_manifest, build_skip_summary, plan_study, read_record
+from fly64_assets.core.design import Dataset, select_datasets
+from fly64_assets.defs.reconstruction.assets import RECONSTRUCTION
+from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS
+from fly64_assets.defs.resources import StudyPaths
+from fly64_assets.defs.summaries.config import StudyFilter
 
 MANIFEST_FILE = "reconstruction_manifest.json"
 SKIP_SUMMARY_FILE = "skip_summary.json"
 SUMMARIES_GROUP = "summaries"
-
-
-class StudyFilter(Config):
-    """Restrict the manifest to some jobs (empty: all); jobs outside count as skipped, as in the old script."""
-
-    dose: list[int] = Field(default=[], description="Doses to include, e.g. [1000].")
-    view: list[str] = Field(default=[], description="Views to include: baseline, dense, sparse.")
-    split: list[str] = Field(default=[], description="Splits to include: train, test.")
-
-    def as_dict(self) -> dict[str, list]:
-        return {"dose": list(self.dose), "view": list(self.view), "split": list(self.split)}
 
 
 def records_table(records: list[dict], columns: list[str]) -> MetadataValue:
@@ -48,26 +36,30 @@ def records_table(records: list[dict], columns: list[str]) -> MetadataValue:
     )
 
 
-def latest_failures(context: AssetExecutionContext, jobs: list[Job]) -> set[Job]:
-    """Jobs whose latest reconstruction attempt failed (the instance knows; the stored values do not)."""
+def latest_failures(context: AssetExecutionContext, datasets: list[Dataset]) -> set[Dataset]:
+    """Datasets whose latest reconstruction attempt failed (the instance knows; the records on disk do not)."""
     statuses = context.instance.get_status_by_partition(
-        AssetKey("ptychi_reconstruction"), [job.partition_key for job in jobs], STUDY_PARTITIONS
+        RECONSTRUCTION, [dataset.partition_key for dataset in datasets], STUDY_PARTITIONS
     )
-    return {Job.from_partition_key(key) for key, status in (statuses or {}).items() if status == AssetPartitionStatus.FAILED}
+    return {Dataset.from_partition_key(key) for key, status in (statuses or {}).items() if status == AssetPartitionStatus.FAILED}
 
 
 @asset(
-    ins={"ptychi_reconstruction": AssetIn(metadata={"allow_missing_partitions": True})},
+    deps=[RECONSTRUCTION],
     group_name=SUMMARIES_GROUP,
     description="reconstruction_manifest.json: planned jobs, each execution's result, and the missing inputs.",
 )
 def reconstruction_manifest(
-    context: AssetExecutionContext, config: StudyFilter, study_paths: StudyPaths, ptychi_reconstruction: dict
+    context: AssetExecutionContext, config: StudyFilter, study_paths: StudyPaths
 ) -> Output[dict]:
-    plan = plan_study(select_jobs(config.dose, config.view, config.split), study_paths.input_path, config.as_dict())
-    outcomes = {Job.from_partition_key(key): record for key, record in ptychi_reconstruction.items()}
-    for job in latest_failures(context, plan.runnable):
-        outcomes[job] = {"status": FAILED, "error": "the latest run of this partition failed: see its log_path"}
+    plan = plan_study(select_datasets(config.dose, config.view, config.split), study_paths.input_path, config.as_dict())
+    outcomes = {}
+    for dataset in plan.runnable:
+        record = read_record(study_paths.artifact_dir(dataset), RECONSTRUCTION_RECORD)
+        if record is not None:
+            outcomes[dataset] = record
+    for dataset in latest_failures(context, plan.runnable):
+        outcomes[dataset] = {"status": FAILED, "error": "the latest run of this partition failed: see its log_path"}
     manifest = build_manifest(plan, outcomes, study_paths.input_path, study_paths.artifact_root)
     path = study_paths.artifact_file(MANIFEST_FILE)
     write_json(path, manifest)

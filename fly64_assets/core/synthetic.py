@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage, signal
 
-from fly64_assets.study import (
+from fly64_assets.core.design import (
     DOSES,
     MIN_ACCEPTANCE,
     PATTERN_SIZE,
@@ -43,7 +43,7 @@ from fly64_assets.study import (
     SIMULATION_SEED,
     SPLITS,
     SUBSAMPLING_SEED,
-    Job,
+    Dataset,
     spacing_threshold,
 )
 
@@ -335,7 +335,7 @@ def simulate_study(
         for split in SPLITS:
             arrays = _simulate(scene, dose, split)
             n = arrays["diffraction"].shape[0]
-            phase_c_path = Job(dose, "baseline", split).input_path(phase_c_root, phase_d_root)
+            phase_c_path = Dataset(dose, "baseline", split).input_path(phase_c_root, phase_d_root)
             phase_c_facts = {
                 "dose": dose,
                 "split": split,
@@ -348,7 +348,7 @@ def simulate_study(
             for view in PHASE_D_VIEWS:
                 kept = selections[(split, view)]
                 acceptance = kept.size / n
-                path = Job(dose, view, split).input_path(phase_c_root, phase_d_root)
+                path = Dataset(dose, view, split).input_path(phase_c_root, phase_d_root)
                 relative = path.relative_to(out_root).as_posix()
                 if acceptance < min_acceptance:
                     path.unlink(missing_ok=True)

@@ -8,8 +8,9 @@ from pathlib import Path
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from fly64_assets.artifacts import inside_root
-from fly64_assets.study import Job
+from fly64_assets.core.artifacts import inside_root
+from fly64_assets.core.design import Dataset
+from fly64_assets.lib.cluster_preflight import StudyRoots
 
 DATA_DIR_ENV = "FLY64_DATA_DIR"
 DEFAULT_DATA_DIR = "fly64_data"
@@ -41,14 +42,17 @@ class StudyPaths(ConfigurableResource):
             artifact_root=os.environ.get("FLY64_ARTIFACT_ROOT", str(default_data_dir() / "artifacts")),
         )
 
-    def input_path(self, job: Job) -> Path:
-        return job.input_path(Path(self.phase_c_root), Path(self.phase_d_root))
+    def input_path(self, dataset: Dataset) -> Path:
+        return dataset.input_path(Path(self.phase_c_root), Path(self.phase_d_root))
 
-    def artifact_dir(self, job: Job) -> Path:
-        return inside_root(Path(self.artifact_root), job.artifact_dir(Path(self.artifact_root)))
+    def artifact_dir(self, dataset: Dataset) -> Path:
+        return inside_root(Path(self.artifact_root), dataset.artifact_dir(Path(self.artifact_root)))
 
     def artifact_file(self, name: str) -> Path:
         return inside_root(Path(self.artifact_root), Path(self.artifact_root) / name)
+
+    def roots(self) -> StudyRoots:
+        return StudyRoots(self.phase_c_root, self.phase_d_root, self.artifact_root)
 
     def configuration_errors(self) -> list[str]:
         """One clear message per problem with the roots (empty: usable)."""

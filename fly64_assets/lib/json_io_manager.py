@@ -8,7 +8,7 @@ from typing import Any
 from dagster import ConfigurableIOManagerFactory, InputContext, OutputContext, UPathIOManager
 from pydantic import Field
 
-from fly64_assets.artifacts import write_json
+from fly64_assets.core.artifacts import write_json
 
 
 class _JsonFilesystemIOManager(UPathIOManager):

@@ -4,14 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from fly64_assets.ptychi_lsqml import (
-    DeviceUnavailableError,
-    LSQMLSettings,
-    balanced_batch_size,
-    reconstruct,
-    resolve_device,
-)
-from fly64_assets.synthetic import simulate_split
+from fly64_assets.core.lsqml import DeviceUnavailableError, balanced_batch_size, reconstruct, resolve_device
+from fly64_assets.core.options import ReconstructionOptions
+from fly64_assets.core.synthetic import simulate_split
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +31,15 @@ def test_auto_and_cpu_resolve_here_and_missing_gpus_fail_clearly():
             resolve_device(f"cuda:{torch.cuda.device_count()}")
 
 
-def test_settings_reject_nonsense():
+def test_options_reject_nonsense():
     with pytest.raises(ValueError, match="epochs"):
-        LSQMLSettings(epochs=0)
+        ReconstructionOptions(epochs=0)
     with pytest.raises(ValueError, match="noise_model"):
-        LSQMLSettings(noise_model="laplace")
+        ReconstructionOptions(noise_model="laplace")
+    with pytest.raises(ValueError, match="device"):
+        ReconstructionOptions(device="gpu")
+    with pytest.raises(ValueError, match="extra"):
+        ReconstructionOptions(epoch=5)
 
 
 @pytest.mark.parametrize("n, batch, expected", [(98, 96, 49), (13, 96, 13), (192, 96, 96), (2048, 96, 94), (200, 32, 29)])
@@ -56,7 +55,7 @@ def test_reconstruction_reports_every_epoch_and_leaves_torch_defaults_alone(dens
         seen = []
         result = reconstruct(
             dense_like["diffraction"], dense_like["probeGuess"], dense_like["ycoords"], dense_like["xcoords"],
-            LSQMLSettings(epochs=4, device="cpu"), on_epoch=lambda epoch, loss: seen.append((epoch, loss)),
+            ReconstructionOptions(epochs=4, device="cpu"), on_epoch=lambda epoch, loss: seen.append((epoch, loss)),
         )
         assert torch.get_default_dtype() == torch.float64
         assert torch.get_default_device() == torch.device("cpu")
@@ -80,5 +79,5 @@ def test_a_raising_callback_stops_the_run(dense_like):
 
     with pytest.raises(KeyboardInterrupt):
         reconstruct(dense_like["diffraction"], dense_like["probeGuess"], dense_like["ycoords"], dense_like["xcoords"],
-                    LSQMLSettings(epochs=50, device="cpu"), on_epoch=stop_after_two)
+                    ReconstructionOptions(epochs=50, device="cpu"), on_epoch=stop_after_two)
     assert torch.get_default_dtype() == torch.float32

@@ -1,6 +1,7 @@
 """One pty-chi LSQML reconstruction: arrays in, result out (no Dagster here).
 
-The physics follows the study spec: pty-chi is given intensities (amplitudes squared, DC centred),
+torch and pty-chi are imported inside the functions that need them: a process that only loads the code
+location (the daemon, the code server, a summary run) never pays for them. The physics follows the study spec: pty-chi is given intensities (amplitudes squared, DC centred),
 probe-centre positions zero-centred on their mean, the file's probe as the starting probe and an
 object of ones (never ``objectGuess``, which is the ground truth in this study).
 """
@@ -8,16 +9,15 @@ object of ones (never ``objectGuess``, which is the ground truth in this study).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
-import torch
+
+from fly64_assets.core.options import ReconstructionOptions
 
 logger = logging.getLogger(__name__)
 
@@ -38,46 +38,6 @@ MAX_OOM_RETRIES = 3
 
 
 @dataclass(frozen=True)
-class LSQMLSettings:
-    """The reconstruction options; the defaults are the study's (spec: LSQML, 100 epochs, batch 96)."""
-
-    epochs: int = 100
-    """Number of LSQML epochs (full passes over the patterns)."""
-
-    batch_size: int = 96
-    """Patterns per LSQML mini-batch; larger is faster per epoch on a GPU but changes convergence."""
-
-    noise_model: Literal["gaussian", "poisson"] = "gaussian"
-    """Likelihood used by LSQML."""
-
-    optimize_object: bool = True
-    """Update the object."""
-
-    optimize_probe: bool = True
-    """Update the probe (started from the file's ``probeGuess``)."""
-
-    optimize_positions: bool = False
-    """Refine the scan positions (off: the synthetic positions are exact)."""
-
-    device: str = "auto"
-    """``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:<index>``."""
-
-    random_seed: int | None = 0
-    """Seed of pty-chi's random mini-batching, so a rerun reproduces the result."""
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.noise_model not in ("gaussian", "poisson"):
-            raise ValueError(f"noise_model must be 'gaussian' or 'poisson', got {self.noise_model!r}")
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
 class ReconstructionResult:
     """What one reconstruction produced."""
 
@@ -92,7 +52,7 @@ class ReconstructionResult:
     device: str
     """The torch device it ran on, e.g. ``cpu`` or ``cuda:0``."""
     n_patterns: int
-    settings: LSQMLSettings
+    options: ReconstructionOptions
     object_origin_yx: tuple[float, float]
     """Where pixel [0, 0] of ``object`` lies in the input frame (``objectGuess`` pixels)."""
     batch_sizes_tried: tuple[int, ...]
@@ -110,8 +70,10 @@ def balanced_batch_size(n_patterns: int, batch_size: int) -> int:
     return math.ceil(n_patterns / n_batches)
 
 
-def resolve_device(requested: str) -> torch.device:
-    """Turn ``auto``/``cpu``/``cuda``/``cuda:i`` into a device that exists, or raise DeviceUnavailableError."""
+def resolve_device(requested: str):
+    """Turn ``auto``/``cpu``/``cuda``/``cuda:i`` into a ``torch.device`` that exists, or raise DeviceUnavailableError."""
+    import torch
+
     if requested == "auto":
         return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     try:
@@ -138,9 +100,10 @@ progress bar on stderr, which floods consoles and run logs; it is held at WARNIN
 
 
 @contextlib.contextmanager
-def _isolated_ptychi_state(device: torch.device) -> Iterator[None]:
+def _isolated_ptychi_state(device) -> Iterator[None]:
     """pty-chi sets torch's process-wide default device and dtypes; restore them afterwards."""
     import ptychi.utils
+    import torch
 
     saved_device = torch.get_default_device()
     saved_dtype = torch.get_default_dtype()
@@ -172,21 +135,21 @@ def _grid_preserving_center(coords: np.ndarray) -> float:
     return float(np.round(np.mean(coords) - fraction) + fraction)
 
 
-def _build_options(settings: LSQMLSettings, device: torch.device, batch_size: int):
+def _build_options(options: ReconstructionOptions, device, batch_size: int):
     import ptychi.api as api
 
-    options = api.LSQMLOptions()
-    options.data_options.fft_shift = True  # the files hold DC-centred patterns
-    recon = options.reconstructor_options
-    recon.num_epochs = settings.epochs
+    lsqml = api.LSQMLOptions()
+    lsqml.data_options.fft_shift = True  # the files hold DC-centred patterns
+    recon = lsqml.reconstructor_options
+    recon.num_epochs = options.epochs
     recon.batch_size = batch_size
-    recon.noise_model = api.NoiseModels(settings.noise_model)
+    recon.noise_model = api.NoiseModels(options.noise_model.value)
     recon.default_device = api.Devices.GPU if device.type == "cuda" else api.Devices.CPU
-    recon.random_seed = settings.random_seed
-    options.object_options.optimizable = settings.optimize_object
-    options.probe_options.optimizable = settings.optimize_probe
-    options.probe_position_options.optimizable = settings.optimize_positions
-    return options
+    recon.random_seed = options.random_seed
+    lsqml.object_options.optimizable = options.optimize_object
+    lsqml.probe_options.optimizable = options.optimize_probe
+    lsqml.probe_position_options.optimizable = options.optimize_positions
+    return lsqml
 
 
 @dataclass(frozen=True)
@@ -217,21 +180,21 @@ def _prepare(diffraction_amplitude, probe_guess, ycoords, xcoords) -> _Prepared:
     )
 
 
-def _run_lsqml(data: _Prepared, settings: LSQMLSettings, device: torch.device, batch_size: int, on_epoch):
+def _run_lsqml(data: _Prepared, options: ReconstructionOptions, device, batch_size: int, on_epoch):
     """One attempt: build the task, run every epoch, return (object, probe, losses, origin, device)."""
     from ptychi.api.task import PtychographyTask
 
     losses: list[float] = []
     with _isolated_ptychi_state(device):
         task = PtychographyTask(
-            _build_options(settings, device, batch_size),
+            _build_options(options, device, batch_size),
             diffraction_data=data.intensities,
             object_data=np.ones((1, *data.object_shape), dtype=np.complex64),
             probe_data=data.probe,
             probe_position_x_px=data.positions_yx[:, 1],
             probe_position_y_px=data.positions_yx[:, 0],
         )
-        for epoch in range(1, settings.epochs + 1):
+        for epoch in range(1, options.epochs + 1):
             task.run(1)
             losses.append(float(task.reconstructor.loss_tracker.table["loss"].iloc[-1]))
             if on_epoch is not None:
@@ -247,7 +210,7 @@ def reconstruct(
     probe_guess: np.ndarray,
     ycoords: np.ndarray,
     xcoords: np.ndarray,
-    settings: LSQMLSettings = LSQMLSettings(),
+    options: ReconstructionOptions = ReconstructionOptions(),
     on_epoch: EpochCallback | None = None,
 ) -> ReconstructionResult:
     """Reconstruct one dataset with pty-chi LSQML, epoch by epoch.
@@ -257,15 +220,17 @@ def reconstruct(
     absent. A CUDA out-of-memory error restarts the run with half the batch size, at most
     ``MAX_OOM_RETRIES`` times, then raises GpuOutOfMemoryError naming the sizes tried.
     """
-    device = resolve_device(settings.device)
+    import torch
+
+    device = resolve_device(options.device)
     data = _prepare(diffraction_amplitude, probe_guess, ycoords, xcoords)
-    batch_size = balanced_batch_size(len(data.intensities), settings.batch_size)
+    batch_size = balanced_batch_size(len(data.intensities), options.batch_size)
     tried: list[int] = []
     start = time.perf_counter()
     while True:
         tried.append(batch_size)
         try:
-            obj, probe, losses, origin, ran_on = _run_lsqml(data, settings, device, batch_size, on_epoch)
+            obj, probe, losses, origin, ran_on = _run_lsqml(data, options, device, batch_size, on_epoch)
             break
         except torch.OutOfMemoryError as error:
             if device.type == "cuda":
@@ -283,7 +248,7 @@ def reconstruct(
         wall_time_s=time.perf_counter() - start,
         device=ran_on,
         n_patterns=int(data.intensities.shape[0]),
-        settings=settings,
+        options=options,
         object_origin_yx=(data.center_yx[0] - float(origin[0]), data.center_yx[1] - float(origin[1])),
         batch_sizes_tried=tuple(tried),
     )

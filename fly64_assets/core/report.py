@@ -13,7 +13,7 @@ dropped), a CSV and a Markdown table, the FRC resolution's dose exponent beside 
 expectation ``d ∝ D^(-1/4)``, figures (PNG bytes), a self-contained HTML page and Markdown for the
 Dagster UI.
 
-Pure NumPy and matplotlib (through :mod:`fly64_assets.figures`); no Dagster object is used here.
+Pure NumPy and matplotlib (through :mod:`fly64_assets.core.figures`); no Dagster object is used here.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import numpy as np
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
-from fly64_assets.figures import markdown_image, plt, png_bytes
-from fly64_assets.study import ALL_JOBS, DOSES, VIEWS
+from fly64_assets.core.figures import markdown_image, plt, png_bytes
+from fly64_assets.core.design import ALL_DATASETS, DOSES, VIEWS
 
 SUCCEEDED = "succeeded"
 """The status of a scored job (``bookkeeping.RECONSTRUCTED``)."""
@@ -120,7 +120,7 @@ def _float_or_none(value) -> float | None:
 
 
 def quality_rows(records: list[dict]) -> list[dict]:
-    """One row per job of the full study grid, in ``study.ALL_JOBS`` order (dose, view, split).
+    """One row per job of the full study grid, in ``study.ALL_DATASETS`` order (dose, view, split).
 
     Each row has exactly the keys :data:`ROW_KEYS`. Metrics are floats for succeeded jobs and None
     otherwise (a succeeded record lacking a metric gets None for it). A job with no record gets status
@@ -128,7 +128,7 @@ def quality_rows(records: list[dict]) -> list[dict]:
     not copied. A record for a job outside the grid, or two records for one job, raise ValueError.
     """
     by_job: dict[tuple[int, str, str], dict] = {}
-    grid = {(job.dose, job.view, job.split) for job in ALL_JOBS}
+    grid = {(job.dose, job.view, job.split) for job in ALL_DATASETS}
     for record in records:
         key = (int(record["dose"]), str(record["view"]), str(record["split"]))
         if key not in grid:
@@ -138,7 +138,7 @@ def quality_rows(records: list[dict]) -> list[dict]:
         by_job[key] = record
 
     rows = []
-    for job in ALL_JOBS:
+    for job in ALL_DATASETS:
         record = by_job.get((job.dose, job.view, job.split))
         if record is None:
             row = {**job.as_record(), "status": MISSING, "n_patterns": None, "reason": MISSING_REASON}

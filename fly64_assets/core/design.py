@@ -1,15 +1,13 @@
 """The fly64 dose/overlap study design: doses, views, splits, seeds, partitions and the file layout.
 
-Everything here is plain data except ``STUDY_PARTITIONS`` (the one Dagster object), so a notebook or
-the CLI can plan the study without importing the asset graph.
+Plain data, no Dagster: a notebook or the CLI can plan the study without importing the asset graph (the
+Dagster partitions are built from these names in ``defs/*/partitions.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-from dagster import MultiPartitionKey, MultiPartitionsDefinition, StaticPartitionsDefinition
 
 DOSES: tuple[int, ...] = (1000, 10000, 100000)
 """Photons per diffraction pattern."""
@@ -32,8 +30,9 @@ SUBSAMPLING_SEED = 456
 PATTERN_SIZE = 64
 """Diffraction patterns (and the probe) are PATTERN_SIZE x PATTERN_SIZE pixels."""
 
-DOSE_DIMENSION = "dose"
-VIEW_SPLIT_DIMENSION = "view_split"
+VIEW_SPLITS: tuple[str, ...] = tuple(f"{view}_{split}" for view in VIEWS for split in SPLITS)
+"""The second key of a study partition, e.g. ``dense_train``."""
+PHASE_D_VIEW_SPLITS: tuple[str, ...] = tuple(f"{view}_{split}" for view in PHASE_D_VIEWS for split in SPLITS)
 
 
 def spacing_threshold(view: str) -> float:
@@ -42,8 +41,10 @@ def spacing_threshold(view: str) -> float:
 
 
 @dataclass(frozen=True, order=True)
-class Job:
-    """One (dose, view, split) dataset of the study: one partition, one reconstruction."""
+class Dataset:
+    """One (dose, view, split) dataset of the study: one partition, one reconstruction.
+
+    (Called a dataset, not a job: in Dagster a job is something else.)"""
 
     dose: int
     view: str
@@ -85,73 +86,40 @@ class Job:
         return {"dose": self.dose, "view": self.view, "split": self.split}
 
     @classmethod
-    def from_partition_key(cls, key: str | MultiPartitionKey) -> Job:
-        """Parse ``"1000|dense_train"`` (or a ``MultiPartitionKey``), rejecting malformed keys clearly."""
-        if isinstance(key, MultiPartitionKey):
-            dims = key.keys_by_dimension
-            dose_text, view_split = dims[DOSE_DIMENSION], dims[VIEW_SPLIT_DIMENSION]
-        else:
-            dose_text, sep, view_split = str(key).partition("|")
-            if not sep:
-                raise ValueError(
-                    f"partition key {key!r} is not of the form '<dose>|<view>_<split>', e.g. '1000|dense_train'"
-                )
-        view, sep, split = view_split.partition("_")
-        if not sep or not dose_text.isdigit():
+    def from_partition_key(cls, key: str) -> Dataset:
+        """Parse ``"1000|dense_train"`` (a Dagster multi-partition key is such a string), rejecting malformed keys."""
+        dose_text, sep, view_split = str(key).partition("|")
+        view, sep2, split = view_split.partition("_")
+        if not (sep and sep2 and dose_text.isdigit()):
             raise ValueError(
                 f"partition key {str(key)!r} is not of the form '<dose>|<view>_<split>', e.g. '1000|dense_train'"
             )
         return cls(int(dose_text), view, split)
 
 
-ALL_JOBS: tuple[Job, ...] = tuple(Job(d, v, s) for d in DOSES for v in VIEWS for s in SPLITS)
+ALL_DATASETS: tuple[Dataset, ...] = tuple(Dataset(d, v, s) for d in DOSES for v in VIEWS for s in SPLITS)
 
 
-def select_jobs(
+def select_datasets(
     doses: list[int] | None = None, views: list[str] | None = None, splits: list[str] | None = None
-) -> list[Job]:
-    """The jobs matching every given filter (None or empty: no filter); unknown values raise ValueError."""
+) -> list[Dataset]:
+    """The datasets matching every given filter (None or empty: no filter); unknown values raise ValueError."""
     for values, allowed, name in ((doses, DOSES, "dose"), (views, VIEWS, "view"), (splits, SPLITS, "split")):
         unknown = sorted(set(values or ()) - set(allowed), key=str)
         if unknown:
             raise ValueError(f"unknown {name} {unknown}: expected values from {list(allowed)}")
     return [
-        job
-        for job in ALL_JOBS
-        if (not doses or job.dose in doses) and (not views or job.view in views) and (not splits or job.split in splits)
+        dataset
+        for dataset in ALL_DATASETS
+        if (not doses or dataset.dose in doses)
+        and (not views or dataset.view in views)
+        and (not splits or dataset.split in splits)
     ]
 
 
-STUDY_PARTITIONS = MultiPartitionsDefinition(
-    {
-        DOSE_DIMENSION: StaticPartitionsDefinition([str(d) for d in DOSES]),
-        VIEW_SPLIT_DIMENSION: StaticPartitionsDefinition([f"{v}_{s}" for v in VIEWS for s in SPLITS]),
-    }
-)
-"""The 18 study partitions, keys like ``"1000|dense_train"`` (dimensions order alphabetically)."""
-
-SPLIT_DIMENSION = "split"
-
-PHASE_C_PARTITIONS = MultiPartitionsDefinition(
-    {
-        DOSE_DIMENSION: StaticPartitionsDefinition([str(d) for d in DOSES]),
-        SPLIT_DIMENSION: StaticPartitionsDefinition(list(SPLITS)),
-    }
-)
-"""Phase C files: one per dose and split (the baseline view), keys like ``"1000|train"``."""
-
-PHASE_D_PARTITIONS = MultiPartitionsDefinition(
-    {
-        DOSE_DIMENSION: StaticPartitionsDefinition([str(d) for d in DOSES]),
-        VIEW_SPLIT_DIMENSION: StaticPartitionsDefinition([f"{v}_{s}" for v in PHASE_D_VIEWS for s in SPLITS]),
-    }
-)
-"""Phase D files: one per dose and thinned view and split, keys like ``"1000|dense_train"``."""
-
-
-def job_for_source_partition(key: str | MultiPartitionKey) -> Job:
-    """The study job that reads the file of a Phase C (``"1000|train"``) or Phase D partition."""
+def dataset_for_source_key(key: str) -> Dataset:
+    """The dataset that reads the file of a Phase C (``"1000|train"``) or Phase D (``"1000|dense_train"``) partition."""
     dose_text, _, rest = str(key).partition("|")
     if rest in SPLITS:
-        return Job(int(dose_text), "baseline", rest)
-    return Job.from_partition_key(key)
+        return Dataset(int(dose_text), "baseline", rest)
+    return Dataset.from_partition_key(key)

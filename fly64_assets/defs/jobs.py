@@ -1,0 +1,48 @@
+"""Every job of the code location, in one place."""
+
+from dagster import AssetSelection, define_asset_job
+
+from fly64_assets.defs.inputs.checks import phase_c_patched_data001, phase_d_overlap_data001
+from fly64_assets.defs.reconstruction.assets import QUALITY, RECONSTRUCTION
+from fly64_assets.defs.report.assets import study_report
+from fly64_assets.defs.summaries.assets import reconstruction_manifest, skip_summary
+
+RECONSTRUCT_JOB = "reconstruct_study"
+SCORE_JOB = "score_study"
+SUMMARIZE_JOB = "summarize_study"
+REPORT_JOB = "report_study"
+CHECK_PHASE_C_JOB = "check_phase_c_inputs"
+CHECK_PHASE_D_JOB = "check_phase_d_inputs"
+
+reconstruct_study = define_asset_job(
+    RECONSTRUCT_JOB,
+    selection=AssetSelection.assets(RECONSTRUCTION, QUALITY),
+    description="Reconstruct and score study partitions: one key, or a range (all 18 in one run).",
+)
+score_study = define_asset_job(
+    SCORE_JOB,
+    selection=AssetSelection.assets(QUALITY),
+    description="Score saved reconstructions against the truth again (e.g. after a change to the metrics).",
+)
+summarize_study = define_asset_job(
+    SUMMARIZE_JOB,
+    selection=AssetSelection.assets(reconstruction_manifest, skip_summary, study_report),
+    description="Write the reconstruction manifest, the skip summary and the study report over all partitions.",
+)
+report_study = define_asset_job(
+    REPORT_JOB,
+    selection=AssetSelection.assets(study_report),
+    description="Write the study report from the scored partitions.",
+)
+check_phase_c_inputs = define_asset_job(
+    CHECK_PHASE_C_JOB,
+    selection=AssetSelection.checks(phase_c_patched_data001),
+    description="DATA-001 on Phase C files (the partition from the run's dagster/partition tags).",
+)
+check_phase_d_inputs = define_asset_job(
+    CHECK_PHASE_D_JOB,
+    selection=AssetSelection.checks(phase_d_overlap_data001),
+    description="DATA-001 on Phase D files (the partition from the run's dagster/partition tags).",
+)
+
+STUDY_JOBS = [reconstruct_study, score_study, summarize_study, report_study, check_phase_c_inputs, check_phase_d_inputs]

@@ -1,0 +1,324 @@
+"""The heart of the study: each (dose, view, split) partition reconstructed with pty-chi LSQML and scored
+against the ground truth, in one step per run.
+
+One step handles every partition of its run: a single key (the UI's *Materialize* on one partition), or a
+range (a backfill with ``BackfillPolicy.single_run()``: the whole study is 3 runs, one per dose; ``dagster
+asset materialize --partition-range`` and ``fly64 run`` make it 1). torch and pty-chi are then imported
+once per run, not once per partition. Each partition still gets its own materialization and metadata, its
+own ``input_data001`` check result and, when only it fails, its own failed state: the step records
+per-key events (``AssetMaterialization`` / ``AssetCheckEvaluation`` with ``partition=``), goes on with the
+other keys after a failure and fails at the end naming the failed ones.
+
+Why both assets are one step: a downstream step of an output that is not yielded is skipped, and a range
+run cannot yield a per-partition value. With both in one ``multi_asset`` (``can_subset=True``), a run can
+still select either alone: ``reconstruction_quality`` alone re-scores saved reconstructions.
+
+A partition whose input file is absent (a sparse view that Phase D did not write) is an expected skip: it
+is materialized with ``status: skipped`` and the reason, and its ``input_data001`` check is WARN with the
+same reason, so a backfill ends successful and the gap is visible on that partition. An input that breaks
+DATA-001 fails its partition, with an ERROR check listing every violation.
+"""
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetDep,
+    AssetExecutionContext,
+    AssetKey,
+    AssetMaterialization,
+    AssetSpec,
+    BackfillPolicy,
+    DimensionPartitionMapping,
+    Failure,
+    IdentityPartitionMapping,
+    MetadataValue,
+    MultiPartitionMapping,
+    StaticPartitionMapping,
+    multi_asset,
+)
+
+from fly64_assets.core.artifacts import captured_log, remove_stale_partials, write_bytes, write_json, write_npz
+from fly64_assets.core.bookkeeping import (
+    LOG_NAME,
+    QUALITY_RECORD,
+    RECONSTRUCTED,
+    RECONSTRUCTION_RECORD,
+    SELECTION_FACTS,
+    SKIPPED,
+    missing_reason,
+    read_record,
+)
+from fly64_assets.core.contract import ContractError, load_valid
+from fly64_assets.core.design import PHASE_D_VIEW_SPLITS, SPLITS, Dataset
+from fly64_assets.core.gpu_placement import placed_device
+from fly64_assets.core.lsqml import DeviceUnavailableError, GpuOutOfMemoryError, ReconstructionResult, reconstruct
+from fly64_assets.defs.inputs.assets import file_sha256, phase_c_patched, phase_d_overlap
+from fly64_assets.defs.inputs.checks import missing_check_metadata, violations_check_metadata
+from fly64_assets.defs.inputs.partitions import DOSE_DIMENSION, SPLIT_DIMENSION, VIEW_SPLIT_DIMENSION
+from fly64_assets.defs.reconstruction.config import ReconstructionConfig
+from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS
+from fly64_assets.defs.resources import StudyPaths
+from fly64_assets.lib.executor import GPU_STEP_TAGS
+
+RECONSTRUCTION = AssetKey("ptychi_reconstruction")
+QUALITY = AssetKey("reconstruction_quality")
+INPUT_CHECK = "input_data001"
+GPU_POOL = "gpu"
+RECONSTRUCTION_FILE = "ptychi_reconstruction.npz"
+PREVIEW_FILE = "preview.png"
+QUALITY_FILE = "quality.npz"
+
+
+class PartitionFailed(Exception):
+    """One partition could not be done; the step goes on with the others and fails at the end."""
+
+
+def _input_deps() -> list[AssetDep]:
+    """Exact lineage: a baseline partition reads one Phase C file, a dense/sparse one one Phase D file.
+
+    Keys are upstream dimension names; each StaticPartitionMapping maps upstream keys to downstream keys.
+    """
+    same_dose = DimensionPartitionMapping(DOSE_DIMENSION, IdentityPartitionMapping())
+    to_phase_c = MultiPartitionMapping(
+        {
+            DOSE_DIMENSION: same_dose,
+            SPLIT_DIMENSION: DimensionPartitionMapping(
+                VIEW_SPLIT_DIMENSION, StaticPartitionMapping({split: f"baseline_{split}" for split in SPLITS})
+            ),
+        }
+    )
+    to_phase_d = MultiPartitionMapping(
+        {
+            DOSE_DIMENSION: same_dose,
+            VIEW_SPLIT_DIMENSION: DimensionPartitionMapping(
+                VIEW_SPLIT_DIMENSION, StaticPartitionMapping({key: key for key in PHASE_D_VIEW_SPLITS})
+            ),
+        }
+    )
+    return [
+        AssetDep(phase_c_patched, partition_mapping=to_phase_c),
+        AssetDep(phase_d_overlap, partition_mapping=to_phase_d),
+    ]
+
+
+def _check(key: str, passed: bool, severity: AssetCheckSeverity, description: str, metadata: dict) -> AssetCheckEvaluation:
+    return AssetCheckEvaluation(
+        asset_key=RECONSTRUCTION, check_name=INPUT_CHECK, passed=passed, severity=severity,
+        description=description, metadata=metadata, partition=key,
+    )
+
+
+def _save(dataset: Dataset, result: ReconstructionResult, out_dir: Path) -> tuple[Path, Path, bytes]:
+    """Write the reconstruction NPZ and its preview PNG."""
+    from fly64_assets.core import figures  # matplotlib: only where a step draws
+
+    npz_path, preview_path = out_dir / RECONSTRUCTION_FILE, out_dir / PREVIEW_FILE
+    write_npz(
+        npz_path,
+        {
+            "reconstructed_object": result.object,
+            "reconstructed_probe": result.probe,
+            "loss_per_epoch": result.loss_per_epoch,
+            "object_origin_yx": result.object_origin_yx,
+            # JSON as a 0-d unicode array: readable with allow_pickle=False
+            "options_json": np.array(json.dumps(result.options.as_dict())),
+        },
+    )
+    preview = figures.reconstruction_preview(result.object, result.probe, f"{dataset.partition_key} (LSQML)")
+    write_bytes(preview_path, preview)
+    return npz_path, preview_path, preview
+
+
+def _reconstruct_partition(
+    context: AssetExecutionContext, dataset: Dataset, config: ReconstructionConfig, device: str, study_paths: StudyPaths
+) -> Iterator:
+    """Reconstruct one partition (or record its skip); yields its materialization and check result."""
+    key = dataset.partition_key
+    input_path = study_paths.input_path(dataset)
+    if not input_path.exists():
+        reason = missing_reason(dataset, input_path)
+        context.log.warning(f"{key} skipped: {reason}")
+        yield AssetMaterialization(RECONSTRUCTION, partition=key, metadata={"status": SKIPPED, "reason": reason})
+        yield _check(key, False, AssetCheckSeverity.WARN, reason, missing_check_metadata())
+        return
+    try:
+        arrays, metadata = load_valid(input_path)
+    except ContractError as error:
+        yield _check(key, False, AssetCheckSeverity.ERROR, str(error), violations_check_metadata(input_path, error.violations))
+        raise PartitionFailed(f"{input_path} breaks DATA-001:\n{error}") from error
+
+    out_dir = study_paths.artifact_dir(dataset)
+    for stale in remove_stale_partials(out_dir):
+        context.log.warning(f"removed {stale.name}, left by an interrupted earlier run")
+    options = config.options().model_copy(update={"device": device})
+    started = time.perf_counter()
+    with captured_log(out_dir / LOG_NAME, ("ptychi", "fly64_assets")) as job_log:
+
+        def report_epoch(epoch: int, loss: float) -> None:
+            job_log.info("epoch %d/%d loss %.6g", epoch, options.epochs, loss)
+            if epoch % config.log_every == 0 or epoch == options.epochs:
+                context.log.info(f"{key} epoch {epoch}/{options.epochs} loss {loss:.6g}")
+
+        job_log.info("input %s (%d patterns), options %s", input_path, len(arrays["diffraction"]), options.as_dict())
+        try:
+            result = reconstruct(
+                arrays["diffraction"], arrays["probeGuess"], arrays["ycoords"], arrays["xcoords"], options, report_epoch
+            )
+        except (DeviceUnavailableError, GpuOutOfMemoryError) as error:
+            raise PartitionFailed(str(error)) from error
+        if len(result.batch_sizes_tried) > 1:
+            context.log.warning(f"{key}: out of GPU memory, batch sizes tried {list(result.batch_sizes_tried)}")
+        npz_path, preview_path, preview = _save(dataset, result, out_dir)
+        job_log.info("done in %.2f s on %s, final loss %.6g", result.wall_time_s, result.device, result.loss_per_epoch[-1])
+
+    facts = {name: metadata.get(name) for name in SELECTION_FACTS}
+    record = {
+        **dataset.as_record(),
+        "status": RECONSTRUCTED,
+        "input_path": str(input_path),
+        "input_sha256": file_sha256(input_path),
+        "reconstruction_path": str(npz_path),
+        "preview_path": str(preview_path),
+        "log_path": str(out_dir / LOG_NAME),
+        "wall_time_s": result.wall_time_s,
+        "step_time_s": time.perf_counter() - started,
+        "device": result.device,
+        "n_patterns": result.n_patterns,
+        "final_loss": float(result.loss_per_epoch[-1]),
+        "object_origin_yx": list(result.object_origin_yx),
+        "options": result.options.as_dict(),
+        "batch_size_used": result.batch_sizes_tried[-1],
+        **facts,
+    }
+    write_json(out_dir / RECONSTRUCTION_RECORD, record)
+    from fly64_assets.core.figures import markdown_image
+
+    yield AssetMaterialization(
+        RECONSTRUCTION,
+        partition=key,
+        metadata={
+            "status": RECONSTRUCTED,
+            "final_loss": record["final_loss"],
+            "wall_time_s": result.wall_time_s,
+            "device": result.device,
+            "n_patterns": result.n_patterns,
+            "epochs": options.epochs,
+            "batch_size": result.batch_sizes_tried[-1],
+            "loss_per_epoch": MetadataValue.json([round(v, 8) for v in result.loss_per_epoch.tolist()]),
+            "preview": MetadataValue.md(markdown_image(preview, key)),
+            "reconstruction_path": MetadataValue.path(str(npz_path)),
+            "log_path": MetadataValue.path(record["log_path"]),
+            **{name: value for name, value in facts.items() if value is not None},
+        },
+    )
+    yield _check(key, True, AssetCheckSeverity.ERROR, f"DATA-001 satisfied: {input_path}", violations_check_metadata(input_path, []))
+
+
+def scoring_box(study_paths: StudyPaths, dataset: Dataset, own_positions: dict) -> tuple[float, float, float, float]:
+    """The probe-centre bounding box of the split's Phase C scan, so every view of a split is scored on
+    the same region (a thinned view is judged on the area the full scan covers); the dataset's own
+    positions if the Phase C file is absent."""
+    baseline = study_paths.input_path(Dataset(dataset.dose, "baseline", dataset.split))
+    positions = load_valid(baseline)[0] if baseline.is_file() else own_positions
+    ys, xs = positions["ycoords"], positions["xcoords"]
+    return float(ys.min()), float(ys.max()), float(xs.min()), float(xs.max())
+
+
+def _score_partition(dataset: Dataset, study_paths: StudyPaths) -> Iterator:
+    """Score one partition's saved reconstruction against the truth (or carry its skip through)."""
+    from fly64_assets.core.quality import align_to_truth, score  # scipy, scikit-image: only where a step scores
+
+    key = dataset.partition_key
+    out_dir = study_paths.artifact_dir(dataset)
+    input_path = study_paths.input_path(dataset)
+    if not input_path.exists():
+        yield AssetMaterialization(
+            QUALITY, partition=key, metadata={"status": SKIPPED, "reason": missing_reason(dataset, input_path)}
+        )
+        return
+    reconstruction = read_record(out_dir, RECONSTRUCTION_RECORD)
+    if reconstruction is None:
+        raise PartitionFailed(f"no reconstruction to score in {out_dir}: materialize ptychi_reconstruction {key} first")
+    arrays, _ = load_valid(input_path)
+    with np.load(reconstruction["reconstruction_path"], allow_pickle=False) as saved:
+        recon = saved["reconstructed_object"]
+    box = scoring_box(study_paths, dataset, arrays)
+    aligned = align_to_truth(recon, arrays["objectGuess"], tuple(reconstruction["object_origin_yx"]), box)
+    metrics = score(aligned.recon, aligned.truth, aligned.shift_yx)
+    aligned_path = out_dir / QUALITY_FILE
+    write_npz(aligned_path, {"aligned_phase": np.angle(aligned.recon), "truth_phase": np.angle(aligned.truth), "scan_box": np.array(box)})
+    record = {
+        **dataset.as_record(),
+        "status": RECONSTRUCTED,
+        "n_patterns": reconstruction["n_patterns"],
+        "aligned_path": str(aligned_path),
+        **metrics.as_dict(),
+    }
+    write_json(out_dir / QUALITY_RECORD, record)
+    yield AssetMaterialization(
+        QUALITY, partition=key, metadata={name: value for name, value in metrics.as_dict().items() if name != "shift_yx"}
+    )
+
+
+@multi_asset(
+    name="ptychi_reconstruction",
+    specs=[
+        AssetSpec(
+            RECONSTRUCTION, deps=_input_deps(), group_name="reconstruction", skippable=True, code_version="2",
+            description="pty-chi LSQML reconstruction of one (dose, view, split) dataset.",
+        ),
+        AssetSpec(
+            QUALITY, deps=[RECONSTRUCTION], group_name="report", skippable=True, code_version="2",
+            description="The reconstruction against the ground truth (objectGuess): registered, phase-aligned, "
+            "then amplitude/phase MAE, PSNR, SSIM and the FRC resolution (1/7 threshold).",
+        ),
+    ],
+    check_specs=[
+        AssetCheckSpec(
+            INPUT_CHECK,
+            asset=RECONSTRUCTION,
+            partitions_def=STUDY_PARTITIONS,
+            description="The partition's input exists and satisfies DATA-001. WARN marks an expected skip "
+            "(e.g. a sparse view Phase D did not write), with its reason; ERROR lists the violations.",
+        )
+    ],
+    partitions_def=STUDY_PARTITIONS,
+    backfill_policy=BackfillPolicy.single_run(),
+    can_subset=True,
+    pool=GPU_POOL,
+    op_tags=GPU_STEP_TAGS,
+)
+def ptychi_reconstruction(context: AssetExecutionContext, config: ReconstructionConfig, study_paths: StudyPaths) -> Iterator:
+    """Reconstruct and/or score every partition of the run (see the module's docstring)."""
+    configuration_errors = study_paths.configuration_errors()
+    if configuration_errors:
+        raise Failure(description="the study's roots are misconfigured:\n" + "\n".join(configuration_errors))
+    selected = context.selected_asset_keys
+    failures: dict[str, str] = {}
+    with placed_device(config.device) as device:
+        for key in context.partition_keys:
+            dataset = Dataset.from_partition_key(key)
+            try:
+                if RECONSTRUCTION in selected:
+                    yield from _reconstruct_partition(context, dataset, config, device, study_paths)
+                if QUALITY in selected:
+                    yield from _score_partition(dataset, study_paths)
+            except PartitionFailed as error:
+                failures[key] = str(error)
+                context.log.error(f"{key} failed: {error}")
+            except Exception as error:  # noqa: BLE001 - one partition's failure must not stop the others
+                failures[key] = f"{type(error).__name__}: {error}"
+                context.log.exception(f"{key} failed unexpectedly")
+    if failures:
+        listing = "\n\n".join(f"{key}: {message}" for key, message in failures.items())
+        raise Failure(
+            description=f"{len(failures)} of {len(context.partition_keys)} partition(s) failed:\n\n{listing}",
+            metadata={"failed_partitions": MetadataValue.json(sorted(failures))},
+        )

@@ -1,0 +1,41 @@
+"""The reconstruction's run config: ``ReconstructionOptions``'s fields, documented in the launchpad.
+
+Two deployment-wide defaults can be changed without run config (e.g. a quick-look instance, or CI):
+``FLY64_EPOCHS`` and ``FLY64_DEVICE``, read when the code location loads.
+"""
+
+import os
+from typing import Annotated
+
+from dagster import Config
+from pydantic import Field, create_model
+
+from fly64_assets.core.options import ReconstructionOptions
+
+DEPLOYMENT_DEFAULTS = {"epochs": ("FLY64_EPOCHS", int), "device": ("FLY64_DEVICE", str)}
+
+
+def _config_fields() -> dict:
+    """Each option as a Config field with the option's type, bounds and description; the default taken from
+    the deployment's environment where it sets one (checked again by ``options()``)."""
+    fields = {}
+    for name, info in ReconstructionOptions.model_fields.items():
+        default = info.default
+        if name in DEPLOYMENT_DEFAULTS:
+            variable, parse = DEPLOYMENT_DEFAULTS[name]
+            default = parse(os.environ.get(variable, default))
+        annotation = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+        fields[name] = (annotation, Field(default=default, description=info.description))
+    return fields
+
+
+_ReconstructionConfigBase = create_model("_ReconstructionConfigBase", __base__=Config, **_config_fields())
+
+
+class ReconstructionConfig(_ReconstructionConfigBase):
+    """pty-chi LSQML options for every partition of this run (defaults: the study's)."""
+
+    log_every: int = Field(default=10, ge=1, description="Write the loss to the run log every this many epochs.")
+
+    def options(self) -> ReconstructionOptions:
+        return ReconstructionOptions(**self.model_dump(exclude={"log_every"}))

@@ -1,0 +1,196 @@
+"""Running the study's jobs from a script (the ``fly64`` command, the bench, tests), through Dagster's public
+API only: ``execute_in_process`` with the default in-process executor, ``execute_job`` on a configured one
+(multiprocess, dask). Every run lands in the instance the UI shows (``$DAGSTER_HOME``).
+
+The selected partitions run as few *range* runs as cover them (the whole study: one run), so torch and pty-chi
+are imported once; then one run writes the manifest, the skip summary and the report. Nothing here starts a
+process, a thread or a pool: on dask, the executor sends the steps to the cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from dagster import (
+    AssetKey,
+    AssetPartitionStatus,
+    DagsterInstance,
+    PartitionKeyRange,
+    build_reconstructable_job,
+    execute_job,
+)
+
+from fly64_assets.core.bookkeeping import StudyPlan
+from fly64_assets.core.design import Dataset
+from fly64_assets.core.options import ReconstructionOptions
+from fly64_assets.definitions import build_definitions
+from fly64_assets.defs.inputs.partitions import PHASE_C_PARTITIONS, PHASE_D_PARTITIONS
+from fly64_assets.defs.jobs import CHECK_PHASE_C_JOB, CHECK_PHASE_D_JOB, RECONSTRUCT_JOB, REPORT_JOB, SCORE_JOB, SUMMARIZE_JOB
+from fly64_assets.defs.reconstruction.assets import RECONSTRUCTION
+from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS, covering_ranges, range_tags
+from fly64_assets.defs.resources import StudyPaths
+from fly64_assets.lib.executor import IN_PROCESS, executor_name
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+"""Keep Dagster's per-event console lines out of the command's output; the UI has them all."""
+
+SUMMARY_ASSETS = ("reconstruction_manifest", "skip_summary", "study_report")
+
+
+def study_job(job_name: str, phase_c_root: str, phase_d_root: str, artifact_root: str):
+    """One of the study's jobs on explicit roots: what a reconstructable job rebuilds in every worker process,
+    so the workers need not share the launcher's environment variables."""
+    paths = StudyPaths(phase_c_root=phase_c_root, phase_d_root=phase_d_root, artifact_root=artifact_root)
+    return build_definitions(paths).resolve_job_def(job_name)
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    success: bool
+    error: str | None
+
+
+def failure_message(result) -> str | None:
+    """The step failures' descriptions (they name the failed partitions), else the run failure's message."""
+    messages = []
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data.error is not None:
+            data = event.step_failure_data
+            described = data.user_failure_data.description if data.user_failure_data else None
+            messages.append((described or data.error.message).strip())
+    if not messages:
+        messages = [event.message for event in result.all_events if event.is_run_failure and event.message]
+    return "\n".join(messages) or None
+
+
+def execute(
+    paths: StudyPaths, job_name: str, instance: DagsterInstance, run_config: dict | None = None, tags: dict | None = None
+) -> RunOutcome:
+    """One run of a study job in ``instance`` on the executor ``FLY64_EXECUTOR`` names."""
+    run_config = {**QUIET, **(run_config or {})}
+    if executor_name() == IN_PROCESS:
+        job = build_definitions(paths).resolve_job_def(job_name)
+        result = job.execute_in_process(instance=instance, run_config=run_config, tags=tags, raise_on_error=False)
+        return RunOutcome(result.run_id, result.success, None if result.success else failure_message(result))
+    job = build_reconstructable_job(
+        __name__,
+        study_job.__name__,
+        reconstructable_kwargs={
+            "job_name": job_name,
+            "phase_c_root": paths.phase_c_root,
+            "phase_d_root": paths.phase_d_root,
+            "artifact_root": paths.artifact_root,
+        },
+    )
+    with execute_job(job, instance=instance, run_config=run_config, tags=tags, raise_on_error=False) as result:
+        return RunOutcome(result.run_id, result.success, None if result.success else failure_message(result))
+
+
+def partition_tags(start: str, end: str) -> dict[str, str]:
+    """A single partition's tags (as the UI's Materialize sets them), or a range's."""
+    if start == end:
+        return dict(STUDY_PARTITIONS.get_tags_for_partition_key(start))
+    return range_tags(start, end)
+
+
+def record_input_checks(paths: StudyPaths, instance: DagsterInstance) -> dict[str, int]:
+    """Run the DATA-001 source checks for every input file, so the UI shows each file's result.
+
+    A check-only run of a partitioned check takes its partition from tags (Dagster 1.13 refuses
+    ``partition_key`` there). Returns how many files were ok, invalid and missing.
+    """
+    counts = {"ok": 0, "invalid": 0, "missing": 0}
+    defs = build_definitions(paths)
+    for job_name, partitions in ((CHECK_PHASE_C_JOB, PHASE_C_PARTITIONS), (CHECK_PHASE_D_JOB, PHASE_D_PARTITIONS)):
+        job = defs.resolve_job_def(job_name)
+        for key in partitions.get_partition_keys():
+            result = job.execute_in_process(
+                instance=instance, tags=partitions.get_tags_for_partition_key(key), run_config=QUIET
+            )
+            for evaluation in result.get_asset_check_evaluations():
+                counts[evaluation.metadata["status"].value] += 1
+    return counts
+
+
+def reconstruct(
+    paths: StudyPaths,
+    datasets: Iterable[Dataset],
+    options: ReconstructionOptions,
+    instance: DagsterInstance,
+    progress: Callable[[str], None] = print,
+    job_name: str = RECONSTRUCT_JOB,
+) -> list[RunOutcome]:
+    """Reconstruct and score ``datasets``: one run per covering range; reports each partition's outcome."""
+    datasets = sorted(datasets)
+    config = {"ops": {"ptychi_reconstruction": {"config": options.as_dict()}}}
+    outcomes = []
+    for start, end in covering_ranges(datasets):
+        started = time.perf_counter()
+        outcome = execute(paths, job_name, instance, config, partition_tags(start, end))
+        outcomes.append(outcome)
+        keys = STUDY_PARTITIONS.get_partition_keys_in_range(PartitionKeyRange(start, end))
+        statuses = instance.get_status_by_partition(RECONSTRUCTION, keys, STUDY_PARTITIONS) or {}
+        for key in keys:
+            dataset = Dataset.from_partition_key(key)
+            if statuses.get(key) == AssetPartitionStatus.FAILED:
+                text = "FAILED"
+            elif not paths.input_path(dataset).exists():
+                text = "skipped (input missing)"
+            else:
+                text = "reconstructed"
+            progress(f"{key}: {text}")
+        progress(f"run {outcome.run_id[:8]} ({start} ... {end}): {len(keys)} partition(s) in {time.perf_counter() - started:.1f} s")
+        if outcome.error:
+            progress(outcome.error)
+    return outcomes
+
+
+def summarize(paths: StudyPaths, filters: dict, instance: DagsterInstance) -> dict:
+    """Materialize the manifest, the skip summary and the report; returns their values by asset name."""
+    outcome = execute(paths, SUMMARIZE_JOB, instance, {"ops": {"reconstruction_manifest": {"config": filters}}})
+    if not outcome.success:
+        raise RuntimeError(f"the summaries failed: {outcome.error}")
+    return {name: load_value(paths, name, instance) for name in SUMMARY_ASSETS}
+
+
+def load_value(paths: StudyPaths, asset_name: str, instance: DagsterInstance):
+    """An unpartitioned asset's stored value, without the IO manager's debug line on the console."""
+    dagster_logger = logging.getLogger("dagster")
+    level = dagster_logger.level
+    dagster_logger.setLevel(logging.WARNING)
+    try:
+        return build_definitions(paths).load_asset_value(AssetKey(asset_name), instance=instance)
+    finally:
+        dagster_logger.setLevel(level)
+
+
+def run_study(
+    paths: StudyPaths,
+    plan: StudyPlan,
+    options: ReconstructionOptions,
+    instance: DagsterInstance,
+    progress: Callable[[str], None] = print,
+) -> dict:
+    """The input checks, the selected partitions (skips included: they are recorded, so the UI shows them),
+    then the summaries; returns the manifest, skip summary and report values by asset name."""
+    counts = record_input_checks(paths, instance)
+    progress(f"DATA-001 on the inputs: {counts['ok']} ok, {counts['invalid']} invalid, {counts['missing']} missing")
+    reconstruct(paths, plan.selected, options, instance, progress)
+    return summarize(paths, plan.filters, instance)
+
+
+def rescore(paths: StudyPaths, instance: DagsterInstance, progress: Callable[[str], None] = print) -> dict:
+    """Score every reconstructed partition again and rewrite the report; returns the report's value."""
+    materialized = instance.get_materialized_partitions(RECONSTRUCTION)
+    datasets = [Dataset.from_partition_key(key) for key in materialized]
+    for start, end in covering_ranges(datasets):
+        outcome = execute(paths, SCORE_JOB, instance, tags=partition_tags(start, end))
+        progress(f"scored {start} ... {end}: {'ok' if outcome.success else outcome.error}")
+    outcome = execute(paths, REPORT_JOB, instance)
+    if not outcome.success:
+        raise RuntimeError(f"the report failed: {outcome.error}")
+    return load_value(paths, "study_report", instance)

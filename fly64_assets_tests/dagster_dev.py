@@ -1,0 +1,190 @@
+"""`dagster dev` as a user starts it, and the backfill request its UI sends: shared by the UI test and the bench.
+
+Every process started here runs in its own session and is stopped by its process-group id.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+TERMINAL_BACKFILL_STATUSES = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+UI_BACKFILL_ASSETS = ["ptychi_reconstruction", "reconstruction_manifest", "reconstruction_quality", "skip_summary", "study_report"]
+"""What the asset graph's "Materialize all (5)" selects: every materializable asset of the study."""
+
+LAUNCH_BACKFILL = """
+mutation LaunchBackfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message stack }
+    ... on Error { message }
+  }
+}"""
+
+BACKFILL_STATUS = """
+query Backfill($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill {
+      status
+      numPartitions
+      error { message }
+      assetBackfillData {
+        assetBackfillStatuses {
+          __typename
+          ... on AssetPartitionsStatusCounts {
+            assetKey { path } numPartitionsTargeted numPartitionsInProgress numPartitionsMaterialized numPartitionsFailed
+          }
+          ... on UnpartitionedAssetStatus { assetKey { path } inProgress materialized failed }
+        }
+      }
+      runs { runId status tags { key value } }
+    }
+    ... on PythonError { message }
+  }
+}"""
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_process_group(process: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """SIGTERM to the process group that ``process`` leads, then SIGKILL if it is still there."""
+    if process.poll() is not None and not _group_alive(process.pid):
+        return
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None and not _group_alive(process.pid):
+                return
+            time.sleep(0.2)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class GraphQLError(AssertionError):
+    pass
+
+
+class DagsterDev:
+    """``dagster dev -w workspace.yaml`` on 127.0.0.1:<port>, in its own session; ``stop()`` ends the group."""
+
+    def __init__(self, repo_root: Path, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
+        self.repo_root = repo_root
+        self.env = env
+        self.log_path = log_path
+        self.port = port or free_port()
+        self.process: subprocess.Popen | None = None
+        self._log = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 180.0) -> None:
+        dagster = Path(self.env.get("VIRTUAL_ENV", "")) / "bin" / "dagster"
+        executable = str(dagster) if dagster.exists() else shutil.which("dagster", path=self.env.get("PATH"))
+        if executable is None:
+            raise RuntimeError("the dagster command is not installed in this environment")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed by stop()
+        self.process = subprocess.Popen(
+            [executable, "dev", "-w", "workspace.yaml", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=self.repo_root,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"dagster dev exited with {self.process.returncode}; see {self.log_path}")
+            try:
+                data = self.graphql(
+                    "{ version workspaceOrError { ... on Workspace { locationEntries { name "
+                    "locationOrLoadError { __typename } } } } }",
+                    timeout_s=10,
+                )
+                entries = data["workspaceOrError"]["locationEntries"]
+                if entries and all(e["locationOrLoadError"] and e["locationOrLoadError"]["__typename"] == "RepositoryLocation" for e in entries):
+                    return
+                if any(e["locationOrLoadError"] and e["locationOrLoadError"]["__typename"] == "PythonError" for e in entries):
+                    raise RuntimeError(f"the code location failed to load: {entries}; see {self.log_path}")
+            except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, ValueError, GraphQLError):
+                pass
+            time.sleep(1.0)
+        raise TimeoutError(f"dagster dev did not answer on {self.url} within {timeout_s:.0f} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process_group(self.process)
+        if self._log is not None:
+            self._log.close()
+
+    def graphql(self, query: str, variables: dict | None = None, timeout_s: float = 60.0) -> dict:
+        request = urllib.request.Request(
+            f"{self.url}/graphql",
+            data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            payload = json.load(response)
+        if payload.get("errors"):
+            raise GraphQLError(f"GraphQL errors: {payload['errors']}")
+        return payload["data"]
+
+
+
+
+def ui_backfill_params(partition_keys: list[str], assets: list[str] = UI_BACKFILL_ASSETS) -> dict:
+    """What the UI sends (captured from dagster-webserver 1.13.27) for: asset graph, "Materialize all (5)…",
+    "All" doses, "All" view_splits, "Launch backfill"."""
+    return {
+        "tags": [{"key": "dagster/from_ui", "value": "true"}],
+        "assetSelection": [{"path": [name]} for name in assets],
+        "partitionNames": list(partition_keys),
+        "fromFailure": False,
+    }
+
+
+def run_ui_backfill(server: DagsterDev, partition_keys: list[str], timeout_s: float, poll_s: float = 1.0) -> tuple[str, dict, float]:
+    """Launch the UI's backfill request and wait for it to end: (backfill id, its final status, seconds)."""
+    launched = server.graphql(LAUNCH_BACKFILL, {"params": ui_backfill_params(partition_keys)})["launchPartitionBackfill"]
+    if launched["__typename"] != "LaunchBackfillSuccess":
+        raise GraphQLError(f"the backfill was not launched: {launched}")
+    backfill_id = launched["backfillId"]
+    started = time.monotonic()
+    while True:
+        backfill = server.graphql(BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+        if backfill["__typename"] != "PartitionBackfill":
+            raise GraphQLError(f"backfill {backfill_id}: {backfill}")
+        if backfill["status"] in TERMINAL_BACKFILL_STATUSES:
+            return backfill_id, backfill, time.monotonic() - started
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"backfill {backfill_id} still {backfill['status']} after {timeout_s:.0f} s")
+        time.sleep(poll_s)
