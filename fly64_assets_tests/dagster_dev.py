@@ -172,9 +172,11 @@ def ui_backfill_params(partition_keys: list[str], assets: list[str] = UI_BACKFIL
     }
 
 
-def run_ui_backfill(server: DagsterDev, partition_keys: list[str], timeout_s: float, poll_s: float = 1.0) -> tuple[str, dict, float]:
+def run_ui_backfill(
+    server: DagsterDev, partition_keys: list[str], timeout_s: float, poll_s: float = 1.0, assets: list[str] = UI_BACKFILL_ASSETS
+) -> tuple[str, dict, float]:
     """Launch the UI's backfill request and wait for it to end: (backfill id, its final status, seconds)."""
-    launched = server.graphql(LAUNCH_BACKFILL, {"params": ui_backfill_params(partition_keys)})["launchPartitionBackfill"]
+    launched = server.graphql(LAUNCH_BACKFILL, {"params": ui_backfill_params(partition_keys, assets)})["launchPartitionBackfill"]
     if launched["__typename"] != "LaunchBackfillSuccess":
         raise GraphQLError(f"the backfill was not launched: {launched}")
     backfill_id = launched["backfillId"]

@@ -34,7 +34,7 @@ from fly64_assets.lib.executor import DASK_CLUSTER_FILE_ENV, DASK_SCHEDULER_ENV,
 
 EPOCHS = 20
 REMOTE = {"existing": {"address": "tcp://10.20.30.40:8786"}}
-ALL_ENV = (EXECUTOR_ENV, DASK_SCHEDULER_ENV, DASK_CLUSTER_FILE_ENV, SHARED_ARTIFACT_ROOT_ENV, SHARED_INPUT_ROOTS_ENV)
+ALL_ENV = (EXECUTOR_ENV, DASK_SCHEDULER_ENV, DASK_CLUSTER_FILE_ENV, SHARED_ARTIFACT_ROOT_ENV, SHARED_INPUT_ROOTS_ENV, "FLY64_PARTITIONS_PER_RUN")
 
 
 @pytest.fixture
@@ -303,3 +303,20 @@ def test_a_small_study_on_a_real_dask_cluster_runs_every_reconstruction_on_the_g
     assert {k: v for k, v in dask_summary.items() if k != "timestamp"} == {k: v for k, v in local_summary.items() if k != "timestamp"}
     assert (Path(dask_paths.artifact_root) / "dose_1000/dense/train/ptychi_reconstruction.npz").is_file()
     print(f"local run and dask study {dask_seconds:.1f} s, all {time.perf_counter() - started:.1f} s")
+
+
+def test_the_backfill_policy_follows_the_executor_unless_set(clean_env):
+    from dagster import BackfillPolicy
+
+    from fly64_assets.lib.executor import PARTITIONS_PER_RUN_ENV, reconstruction_backfill_policy
+
+    assert reconstruction_backfill_policy() == BackfillPolicy.single_run()  # in process: torch once per run
+    clean_env.setenv(EXECUTOR_ENV, "dask")
+    assert reconstruction_backfill_policy() == BackfillPolicy.multi_run(1)  # warm workers: a run per partition
+    clean_env.setenv(PARTITIONS_PER_RUN_ENV, "6")
+    assert reconstruction_backfill_policy() == BackfillPolicy.multi_run(6)
+    clean_env.setenv(PARTITIONS_PER_RUN_ENV, "all")
+    assert reconstruction_backfill_policy() == BackfillPolicy.single_run()
+    clean_env.setenv(PARTITIONS_PER_RUN_ENV, "0")
+    with pytest.raises(ValueError, match="FLY64_PARTITIONS_PER_RUN"):
+        reconstruction_backfill_policy()

@@ -81,3 +81,13 @@ def test_a_raising_callback_stops_the_run(dense_like):
         reconstruct(dense_like["diffraction"], dense_like["probeGuess"], dense_like["ycoords"], dense_like["xcoords"],
                     ReconstructionOptions(epochs=50, device="cpu"), on_epoch=stop_after_two)
     assert torch.get_default_dtype() == torch.float32
+
+
+def test_cpu_threads_cap_torch_during_the_reconstruction_only(dense_like):
+    torch.set_num_threads(2)
+    seen = []
+    reconstruct(dense_like["diffraction"], dense_like["probeGuess"], dense_like["ycoords"], dense_like["xcoords"],
+                ReconstructionOptions(epochs=2, device="cpu"), on_epoch=lambda epoch, loss: seen.append(torch.get_num_threads()),
+                cpu_threads=1)
+    assert seen == [1, 1]
+    assert torch.get_num_threads() == 2

@@ -176,14 +176,14 @@ def test_out_of_memory_retries_with_half_the_batch_then_fails_clearly(monkeypatc
     arrays = simulate_split("demo", 100000, "train")
     real_run = lsqml._run_lsqml
 
-    def run_fitting_only_small_batches(data, settings, device, batch_size, on_epoch):
+    def run_fitting_only_small_batches(data, options, device, batch_size, on_epoch, cpu_threads=None):
         if batch_size > 12:
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        return real_run(data, settings, device, batch_size, on_epoch)
+        return real_run(data, options, device, batch_size, on_epoch, cpu_threads)
 
     monkeypatch.setattr(lsqml, "_run_lsqml", run_fitting_only_small_batches)
-    settings = ReconstructionOptions(epochs=2, device="cpu")
-    args = (arrays["diffraction"], arrays["probeGuess"], arrays["ycoords"], arrays["xcoords"], settings)
+    options = ReconstructionOptions(epochs=2, device="cpu")
+    args = (arrays["diffraction"], arrays["probeGuess"], arrays["ycoords"], arrays["xcoords"], options)
     result = lsqml.reconstruct(*args)
     assert result.batch_sizes_tried == (49, 24, 12) and result.loss_per_epoch.shape == (2,)
 

@@ -178,9 +178,9 @@ def test_backfill_of_the_whole_study_ends_successful(ui_study):
     runs = backfill["runs"]
     assert all(run["status"] == "SUCCESS" for run in runs), [(run_tags(r), r["status"]) for r in runs]
     # BackfillPolicy.single_run: one run per dose (a range of its 6 partitions), then one for the summaries.
-    ranges = sorted((run_tags(run).get(RANGE_START_TAG), run_tags(run).get(RANGE_END_TAG)) for run in runs)
+    ranges = sorted((run_tags(run).get(RANGE_START_TAG, "-"), run_tags(run).get(RANGE_END_TAG, "-")) for run in runs)
     assert len(runs) == 4, ranges
-    assert ranges == sorted([(None, None)] + [(f"{dose}|baseline_train", f"{dose}|sparse_test") for dose in DOSES]), ranges
+    assert ranges == sorted([("-", "-")] + [(f"{dose}|baseline_train", f"{dose}|sparse_test") for dose in DOSES]), ranges
 
     stats = ui_study.server.graphql(PARTITION_STATS, {"key": asset_key(RECONSTRUCTION)})["assetNodeOrError"]["partitionStats"]
     assert stats == {"numMaterialized": 18, "numPartitions": 18, "numFailed": 0, "numMaterializing": 0}

@@ -100,8 +100,9 @@ progress bar on stderr, which floods consoles and run logs; it is held at WARNIN
 
 
 @contextlib.contextmanager
-def _isolated_ptychi_state(device) -> Iterator[None]:
-    """pty-chi sets torch's process-wide default device and dtypes; restore them afterwards."""
+def _isolated_ptychi_state(device, cpu_threads: int | None) -> Iterator[None]:
+    """pty-chi sets torch's process-wide default device and dtypes; restore them (and torch's thread count,
+    when ``cpu_threads`` sets it for a CPU reconstruction) afterwards."""
     import ptychi.utils
     import torch
 
@@ -111,6 +112,9 @@ def _isolated_ptychi_state(device) -> Iterator[None]:
     epoch_logger = logging.getLogger(PTYCHI_EPOCH_LOGGER)
     saved_level = epoch_logger.level
     epoch_logger.setLevel(logging.WARNING)
+    saved_threads = torch.get_num_threads()
+    if cpu_threads is not None and device.type == "cpu":
+        torch.set_num_threads(cpu_threads)
     cuda_context = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     try:
         with cuda_context:
@@ -120,6 +124,7 @@ def _isolated_ptychi_state(device) -> Iterator[None]:
         torch.set_default_dtype(saved_dtype)
         ptychi.utils.set_default_complex_dtype(saved_complex)
         epoch_logger.setLevel(saved_level)
+        torch.set_num_threads(saved_threads)
 
 
 def _grid_preserving_center(coords: np.ndarray) -> float:
@@ -180,12 +185,12 @@ def _prepare(diffraction_amplitude, probe_guess, ycoords, xcoords) -> _Prepared:
     )
 
 
-def _run_lsqml(data: _Prepared, options: ReconstructionOptions, device, batch_size: int, on_epoch):
+def _run_lsqml(data: _Prepared, options: ReconstructionOptions, device, batch_size: int, on_epoch, cpu_threads=None):
     """One attempt: build the task, run every epoch, return (object, probe, losses, origin, device)."""
     from ptychi.api.task import PtychographyTask
 
     losses: list[float] = []
-    with _isolated_ptychi_state(device):
+    with _isolated_ptychi_state(device, cpu_threads):
         task = PtychographyTask(
             _build_options(options, device, batch_size),
             diffraction_data=data.intensities,
@@ -212,13 +217,16 @@ def reconstruct(
     xcoords: np.ndarray,
     options: ReconstructionOptions = ReconstructionOptions(),
     on_epoch: EpochCallback | None = None,
+    cpu_threads: int | None = None,
 ) -> ReconstructionResult:
     """Reconstruct one dataset with pty-chi LSQML, epoch by epoch.
 
     ``diffraction_amplitude`` is (n, H, W) amplitude as stored in DATA-001 files; positions are probe
     centres in ``objectGuess`` pixels. Raises DeviceUnavailableError before any work if the device is
     absent. A CUDA out-of-memory error restarts the run with half the batch size, at most
-    ``MAX_OOM_RETRIES`` times, then raises GpuOutOfMemoryError naming the sizes tried.
+    ``MAX_OOM_RETRIES`` times, then raises GpuOutOfMemoryError naming the sizes tried. ``cpu_threads`` caps
+    torch's threads for a CPU reconstruction (None: torch's default, every core), so that reconstructions
+    running side by side share the cores instead of oversubscribing them.
     """
     import torch
 
@@ -230,7 +238,7 @@ def reconstruct(
     while True:
         tried.append(batch_size)
         try:
-            obj, probe, losses, origin, ran_on = _run_lsqml(data, options, device, batch_size, on_epoch)
+            obj, probe, losses, origin, ran_on = _run_lsqml(data, options, device, batch_size, on_epoch, cpu_threads)
             break
         except torch.OutOfMemoryError as error:
             if device.type == "cuda":

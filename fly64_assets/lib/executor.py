@@ -19,13 +19,23 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from dagster import ExecutorDefinition, Field, executor, in_process_executor, multiple_process_executor_requirements, multiprocess_executor
+from dagster import (
+    BackfillPolicy,
+    ExecutorDefinition,
+    Field,
+    executor,
+    in_process_executor,
+    multiple_process_executor_requirements,
+    multiprocess_executor,
+)
 
 from fly64_assets.lib.cluster_preflight import StudyRoots, check_dask_setup
 
 EXECUTOR_ENV = "FLY64_EXECUTOR"
 DASK_SCHEDULER_ENV = "FLY64_DASK_SCHEDULER"
 DASK_CLUSTER_FILE_ENV = "FLY64_DASK_CLUSTER_FILE"
+
+PARTITIONS_PER_RUN_ENV = "FLY64_PARTITIONS_PER_RUN"
 
 IN_PROCESS, MULTIPROCESS, DASK = "in_process", "multiprocess", "dask"
 EXECUTOR_NAMES = (IN_PROCESS, MULTIPROCESS, DASK)
@@ -47,6 +57,23 @@ def executor_name(environ: Mapping[str, str] | None = None) -> str:
     if chosen not in EXECUTOR_NAMES:
         raise ValueError(f"unknown executor {chosen!r} in {EXECUTOR_ENV}: expected one of {list(EXECUTOR_NAMES)}")
     return chosen
+
+
+def reconstruction_backfill_policy(environ: Mapping[str, str] | None = None) -> BackfillPolicy:
+    """How many partitions a backfill puts in one run of the reconstruction step: ``FLY64_PARTITIONS_PER_RUN``
+    (``all`` or a count), by default ``all`` (single run) in process and 1 on dask.
+
+    In process, a run imports torch and pty-chi once for all its partitions, so few big runs are fastest (a
+    whole-study backfill is one run per dose). On dask the run process only waits while a warm worker does the
+    work, so one partition per run lets the daemon's concurrent runs keep every GPU worker busy.
+    """
+    env = os.environ if environ is None else environ
+    value = env.get(PARTITIONS_PER_RUN_ENV, "").strip().lower() or ("1" if executor_name(env) == DASK else "all")
+    if value == "all":
+        return BackfillPolicy.single_run()
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{PARTITIONS_PER_RUN_ENV} must be 'all' or a positive count, got {value!r}")
+    return BackfillPolicy.multi_run(int(value))
 
 
 def dask_cluster_from_env(environ: Mapping[str, str] | None = None) -> dict:

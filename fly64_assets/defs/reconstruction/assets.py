@@ -2,8 +2,9 @@
 against the ground truth, in one step per run.
 
 One step handles every partition of its run: a single key (the UI's *Materialize* on one partition), or a
-range (a backfill with ``BackfillPolicy.single_run()``: the whole study is 3 runs, one per dose; ``dagster
-asset materialize --partition-range`` and ``fly64 run`` make it 1). torch and pty-chi are then imported
+range (a backfill with ``BackfillPolicy.single_run()``, the default in process: the whole study is 3 runs,
+one per dose; ``dagster asset materialize --partition-range`` and ``fly64 run`` make it 1; on dask the default
+is a run per partition: see ``lib/executor.py``). torch and pty-chi are then imported
 once per run, not once per partition. Each partition still gets its own materialization and metadata, its
 own ``input_data001`` check result and, when only it fails, its own failed state: the step records
 per-key events (``AssetMaterialization`` / ``AssetCheckEvaluation`` with ``partition=``), goes on with the
@@ -20,6 +21,7 @@ DATA-001 fails its partition, with an ERROR check listing every violation.
 """
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +36,6 @@ from dagster import (
     AssetKey,
     AssetMaterialization,
     AssetSpec,
-    BackfillPolicy,
     DimensionPartitionMapping,
     Failure,
     IdentityPartitionMapping,
@@ -65,7 +66,7 @@ from fly64_assets.defs.inputs.partitions import DOSE_DIMENSION, SPLIT_DIMENSION,
 from fly64_assets.defs.reconstruction.config import ReconstructionConfig
 from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS
 from fly64_assets.defs.resources import StudyPaths
-from fly64_assets.lib.executor import GPU_STEP_TAGS
+from fly64_assets.lib.executor import GPU_STEP_TAGS, reconstruction_backfill_policy
 
 RECONSTRUCTION = AssetKey("ptychi_reconstruction")
 QUALITY = AssetKey("reconstruction_quality")
@@ -74,6 +75,14 @@ GPU_POOL = "gpu"
 RECONSTRUCTION_FILE = "ptychi_reconstruction.npz"
 PREVIEW_FILE = "preview.png"
 QUALITY_FILE = "quality.npz"
+
+
+def cpu_threads_per_reconstruction(context: AssetExecutionContext) -> int:
+    """Torch threads for a CPU reconstruction: the machine's cores shared among the reconstructions the ``gpu``
+    pool lets run at once. Measured on 2 cores: three runs reconstructing at once with torch's default (every
+    core each) took 7x longer than with one thread each (docs/PERFORMANCE.md)."""
+    pools = context.instance.get_settings("concurrency").get("pools") or {}
+    return max(1, (os.cpu_count() or 1) // max(1, int(pools.get("default_limit") or 1)))
 
 
 class PartitionFailed(Exception):
@@ -137,7 +146,8 @@ def _save(dataset: Dataset, result: ReconstructionResult, out_dir: Path) -> tupl
 
 
 def _reconstruct_partition(
-    context: AssetExecutionContext, dataset: Dataset, config: ReconstructionConfig, device: str, study_paths: StudyPaths
+    context: AssetExecutionContext, dataset: Dataset, config: ReconstructionConfig, device: str, study_paths: StudyPaths,
+    cpu_threads: int,
 ) -> Iterator:
     """Reconstruct one partition (or record its skip); yields its materialization and check result."""
     key = dataset.partition_key
@@ -169,7 +179,8 @@ def _reconstruct_partition(
         job_log.info("input %s (%d patterns), options %s", input_path, len(arrays["diffraction"]), options.as_dict())
         try:
             result = reconstruct(
-                arrays["diffraction"], arrays["probeGuess"], arrays["ycoords"], arrays["xcoords"], options, report_epoch
+                arrays["diffraction"], arrays["probeGuess"], arrays["ycoords"], arrays["xcoords"], options, report_epoch,
+                cpu_threads,
             )
         except (DeviceUnavailableError, GpuOutOfMemoryError) as error:
             raise PartitionFailed(str(error)) from error
@@ -290,7 +301,7 @@ def _score_partition(dataset: Dataset, study_paths: StudyPaths) -> Iterator:
         )
     ],
     partitions_def=STUDY_PARTITIONS,
-    backfill_policy=BackfillPolicy.single_run(),
+    backfill_policy=reconstruction_backfill_policy(),
     can_subset=True,
     pool=GPU_POOL,
     op_tags=GPU_STEP_TAGS,
@@ -302,12 +313,13 @@ def ptychi_reconstruction(context: AssetExecutionContext, config: Reconstruction
         raise Failure(description="the study's roots are misconfigured:\n" + "\n".join(configuration_errors))
     selected = context.selected_asset_keys
     failures: dict[str, str] = {}
+    cpu_threads = cpu_threads_per_reconstruction(context)
     with placed_device(config.device) as device:
         for key in context.partition_keys:
             dataset = Dataset.from_partition_key(key)
             try:
                 if RECONSTRUCTION in selected:
-                    yield from _reconstruct_partition(context, dataset, config, device, study_paths)
+                    yield from _reconstruct_partition(context, dataset, config, device, study_paths, cpu_threads)
                 if QUALITY in selected:
                     yield from _score_partition(dataset, study_paths)
             except PartitionFailed as error:
