@@ -537,3 +537,75 @@ def test_contract_error_survives_pickling():
 
     assert copy.violations == error.violations
     assert str(copy) == str(error)
+
+
+# --- decompression bombs: small files that decompress to gigabytes --------------------------------
+
+BOMB_PATTERNS = 80_000
+PEAK_RSS_PROBE = """
+import sys, json
+from fly64_assets.core.contract import check_file
+violations = check_file(sys.argv[1])
+# VmHWM: this process's peak resident memory (ru_maxrss would include the parent's, kept across exec).
+peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"violations": [str(v) for v in violations], "peak_mb": peak_kb / 1024}))
+"""
+
+
+@pytest.fixture(scope="module")
+def zip_bomb(tmp_path_factory) -> Path:
+    """The issue's file: 80,000 x 64 x 64 float32 zeros (1.3 GB) with every other array consistent, deflated
+    to a few MB. Written member by member in chunks, so making it never holds 1.3 GB either."""
+    from fly64_assets.core.synthetic import simulate_split
+
+    small = simulate_split("demo", 1000, "train")
+    path = tmp_path_factory.mktemp("bomb") / "patched_train.npz"
+    rng = np.random.default_rng(0)
+    coords = {key: rng.uniform(100, 200, BOMB_PATTERNS) for key in ("xcoords", "ycoords")}
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("diffraction.npy", "w", force_zip64=True) as member:
+            shape = (BOMB_PATTERNS, 64, 64)
+            np.lib.format.write_array_header_1_0(member, {"descr": "<f4", "fortran_order": False, "shape": shape})
+            block = np.zeros((1000, 64, 64), np.float32).tobytes()
+            for _ in range(BOMB_PATTERNS // 1000):
+                member.write(block)
+        for key, array in {"probeGuess": small["probeGuess"], "objectGuess": small["objectGuess"], **coords}.items():
+            with archive.open(f"{key}.npy", "w") as member:
+                np.lib.format.write_array(member, array)
+    return path
+
+
+def _check_in_child(path: Path, **env) -> dict:
+    import subprocess
+    import sys
+
+    completed = subprocess.run([sys.executable, "-c", PEAK_RSS_PROBE, str(path)], capture_output=True, text=True,
+                               env={**os.environ, **env}, check=True)
+    return json.loads(completed.stdout)
+
+
+def test_a_decompression_bomb_is_refused_from_its_headers_with_little_memory(zip_bomb):
+    assert zip_bomb.stat().st_size < 10 * 2**20
+    result = _check_in_child(zip_bomb)
+    (violation,) = result["violations"]
+    assert str(zip_bomb) in violation and "diffraction" in violation
+    assert "compression ratio must be at most 250:1" in violation and "FLY64_MAX_COMPRESSION_RATIO" in violation
+    assert result["peak_mb"] < 300, result  # a check of this file once held 4.1 GB
+    with pytest.raises(ContractError, match="compression ratio"):
+        load_valid(zip_bomb)  # what the reconstruction step calls: refused there too
+
+
+def test_checking_a_large_file_streams_it_in_bounded_memory(zip_bomb):
+    """With the ratio limit lifted the 1.3 GB file is read whole, in chunks: the check never holds it."""
+    result = _check_in_child(zip_bomb, FLY64_MAX_COMPRESSION_RATIO="100000")
+    assert result["violations"] == []  # zeros are valid amplitudes: the file is consistent
+    assert result["peak_mb"] < 300, result
+
+
+def test_a_file_beyond_the_decompressed_size_limit_is_refused(zip_bomb, monkeypatch):
+    monkeypatch.setenv("FLY64_MAX_COMPRESSION_RATIO", "100000")
+    monkeypatch.setenv("FLY64_MAX_INPUT_BYTES", str(2**30))
+    (violation,) = check_file(zip_bomb)
+    assert violation.key == "<file>" and "decompressed size must be at most 1073741824 bytes" in violation.rule
+    assert "FLY64_MAX_INPUT_BYTES" in violation.rule
+    assert int(violation.found.split()[0]) > BOMB_PATTERNS * 64 * 64 * 4 and violation.found.endswith("in 5 members")

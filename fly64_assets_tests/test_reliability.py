@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 from dagster import (
+    AssetKey,
+    AssetPartitionStatus,
     DagsterInstance,
     DagsterRunStatus,
     ReexecutionOptions,
@@ -21,7 +23,7 @@ from dagster import (
 from fly64_assets import launch
 from fly64_assets.core import lsqml
 from fly64_assets.core.artifacts import PARTIAL_SUFFIX, inside_root
-from fly64_assets.core.bookkeeping import plan_study
+from fly64_assets.core.bookkeeping import QUALITY_RECORD, plan_study, read_record
 from fly64_assets.core.design import Dataset, select_datasets
 from fly64_assets.core.options import ReconstructionOptions
 from fly64_assets.core.synthetic import simulate_split
@@ -237,3 +239,40 @@ def test_artifact_paths_never_escape_the_artifact_root(study_paths):
         Dataset(1000, "../../etc", "train")
     with pytest.raises(ValueError, match="unknown view"):
         Dataset.from_partition_key("1000|../../etc_train")
+
+
+@pytest.mark.parametrize("umask, expected", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_outputs_get_the_mode_an_ordinary_new_file_gets_under_the_umask(tmp_path, umask, expected):
+    from fly64_assets.core.artifacts import captured_log, write_bytes, write_json, write_npz, write_text
+
+    saved = os.umask(umask)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        write_npz(tmp_path / "a.npz", {"x": np.zeros(3)})
+        write_text(tmp_path / "a.md", "text")
+        write_bytes(tmp_path / "a.png", b"png")
+        with captured_log(tmp_path / "a.log", ("fly64_assets",)) as log:
+            log.info("line")
+    finally:
+        os.umask(saved)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()}
+    assert modes == dict.fromkeys(["a.json", "a.npz", "a.md", "a.png", "a.log"], expected)
+
+
+def test_a_broken_phase_c_file_fails_only_its_partition_and_siblings_are_scored_on_their_own_scan(study_paths, instance):
+    broken = study_paths.input_path(Dataset(1000, "baseline", "test"))
+    arrays = dict(np.load(broken, allow_pickle=False))
+    arrays["diffraction"][0, 0, 0] = np.nan
+    np.savez(broken, **arrays)
+
+    plan = plan_study(select_datasets([1000], ["baseline", "dense"], ["test"]), study_paths.input_path)
+    report = launch.run_study(study_paths, plan, ReconstructionOptions(epochs=5), instance, progress=lambda line: None)
+    statuses = instance.get_status_by_partition(
+        AssetKey("reconstruction_quality"), ["1000|baseline_test", "1000|dense_test"], STUDY_PARTITIONS
+    )
+    assert statuses == {"1000|baseline_test": AssetPartitionStatus.FAILED, "1000|dense_test": AssetPartitionStatus.MATERIALIZED}
+    quality = read_record(study_paths.artifact_dir(Dataset(1000, "dense", "test")), QUALITY_RECORD)
+    assert quality["scoring_area"].startswith("own scan: the split's Phase C file")
+    assert str(broken) in quality["scoring_area"] and "finite" in quality["scoring_area"]
+    html = Path(report["study_report"]["html_path"]).read_text()
+    assert "1000|dense_test scored on its own scan" in html

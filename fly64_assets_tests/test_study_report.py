@@ -2,6 +2,7 @@
 
 import csv
 import io
+import os
 from pathlib import Path
 
 from fly64_assets.core.bookkeeping import plan_study
@@ -13,10 +14,14 @@ REPORT_EPOCHS = 50
 
 
 def test_baseline_quality_improves_with_dose_and_the_report_shows_it(study_paths, instance):
+    saved_umask = os.umask(0o022)  # what a beamline account usually has: outputs must then be 0644
     plan = plan_study(select_datasets(views=["baseline"], splits=["train"]), study_paths.input_path,
                       {"dose": [], "view": ["baseline"], "split": ["train"]})
-    study_report = launch.run_study(study_paths, plan, ReconstructionOptions(epochs=REPORT_EPOCHS), instance,
-                                    progress=lambda line: None)["study_report"]
+    try:
+        study_report = launch.run_study(study_paths, plan, ReconstructionOptions(epochs=REPORT_EPOCHS), instance,
+                                        progress=lambda line: None)["study_report"]
+    finally:
+        os.umask(saved_umask)
 
     rows = {(r["dose"], r["view"], r["split"]): r for r in study_report["rows"]}
     baseline = [rows[(dose, "baseline", "train")] for dose in (1000, 10000, 100000)]
@@ -36,3 +41,9 @@ def test_baseline_quality_improves_with_dose_and_the_report_shows_it(study_paths
     table = list(csv.DictReader(io.StringIO((report_dir / "quality.csv").read_text())))
     assert len(table) == 18
     assert {p.name for p in report_dir.iterdir()} >= {"phase_grid.png", "metrics_vs_dose.png", "resolution_vs_dose.png", "quality.md"}
+
+    # Every output, of every kind, readable by colleagues as the umask allows: 0644, none left private.
+    outputs = [path for path in Path(study_paths.artifact_root).rglob("*") if path.is_file()]
+    kinds = {path.suffix for path in outputs}
+    assert {".npz", ".png", ".log", ".json", ".csv", ".md", ".html"} <= kinds, kinds
+    assert {str(path): oct(path.stat().st_mode & 0o777) for path in outputs if path.stat().st_mode & 0o777 != 0o644} == {}

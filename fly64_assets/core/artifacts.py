@@ -51,12 +51,46 @@ def _writer_is_gone(partial: Path) -> bool:
     return False
 
 
+def new_file_mode() -> int:
+    """The mode an ordinary new file gets under this process's umask (0644 under the usual 022).
+
+    Temporary files are created 0600 (``mkstemp``); an output renamed into place must instead be readable as
+    the user's umask allows (colleagues, a web server, the next pipeline on a shared filesystem). The umask is
+    read from /proc (Linux) because setting it to read it back is not thread-safe.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _seal(handle: IO[Any]) -> None:
+    """Give the finished temporary file its published mode and put its bytes on disk before the rename."""
+    handle.flush()
+    os.fchmod(handle.fileno(), new_file_mode())
+    os.fsync(handle.fileno())
+
+
+def _publish(tmp_name: str, path: Path) -> None:
+    """Rename into place, then fsync the folder so the rename itself survives a crash."""
+    os.replace(tmp_name, path)
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a hidden temporary file beside ``path``; on success it replaces ``path`` in one rename.
 
     On any exception the temporary file is removed, so readers only ever see the old file or the new
-    whole file. The file is fsynced before the rename so a crash cannot leave an empty new file.
+    whole file. The file and then its folder are fsynced around the rename, so a crash cannot leave an
+    empty new file or lose the rename; the file gets the mode of an ordinary new file (:func:`new_file_mode`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,9 +98,8 @@ def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
+            _seal(handle)
+        _publish(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
@@ -126,9 +159,8 @@ def captured_log(path: Path, logger_names: tuple[str, ...]) -> Iterator[logging.
                 logger.removeHandler(handler)
                 logger.setLevel(level)
                 logger.propagate = propagate
-            handle.flush()
-            os.fsync(handle.fileno())
-            os.replace(tmp_name, path)
+            _seal(handle)
+            _publish(tmp_name, path)
 
 
 def remove_stale_partials(folder: Path) -> list[Path]:

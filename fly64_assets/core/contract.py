@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 import reprlib
 import zipfile
@@ -45,6 +46,34 @@ _CHUNK_BYTES = 16 * 2**20
 _READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, ValueError)
 
 PathType = str | PathLike[str]
+
+MAX_INPUT_BYTES_ENV = "FLY64_MAX_INPUT_BYTES"
+DEFAULT_MAX_INPUT_BYTES = 8 * 2**30
+"""Largest decompressed size of one input file: generous for real studies (the full synthetic study's
+largest file is 33 MB; 100,000 patterns of 128 x 128 would be 6.5 GB), below a node's memory."""
+
+MAX_COMPRESSION_RATIO_ENV = "FLY64_MAX_COMPRESSION_RATIO"
+DEFAULT_MAX_COMPRESSION_RATIO = 250.0
+"""Largest decompressed : compressed ratio of one member. Photon-count amplitudes do not reach it (measured on
+the synthetic study: 38:1 at 10^3 photons per pattern, 20:1 at 10^4, 11:1 at 10^5); an array of zeros
+compresses 1000:1, which is how a few-MB file decompresses to gigabytes."""
+
+_RATIO_FLOOR_BYTES = 2**20
+"""Members smaller than this decompressed are never refused for their ratio (a small constant array may
+compress well and costs nothing)."""
+
+
+def _limit_from_env(name: str, default: float) -> float:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {text!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -102,6 +131,32 @@ def _key_of(info: zipfile.ZipInfo) -> str:
     return info.filename.removesuffix(".npy")
 
 
+def _size_violations(archive: zipfile.ZipFile, path: PathType) -> list[Violation]:
+    """Refuse, from the zip's headers and before decompressing anything, a file too large once decompressed
+    or a member compressed beyond what photon-count data allows. (The zip reader never decompresses a member
+    past the size its header declares, so these sizes bound the memory a read can take.)"""
+    max_bytes = _limit_from_env(MAX_INPUT_BYTES_ENV, DEFAULT_MAX_INPUT_BYTES)
+    max_ratio = _limit_from_env(MAX_COMPRESSION_RATIO_ENV, DEFAULT_MAX_COMPRESSION_RATIO)
+    violations = []
+    for info in archive.infolist():
+        ratio = info.file_size / max(1, info.compress_size)
+        if info.file_size >= _RATIO_FLOOR_BYTES and ratio > max_ratio:
+            violations.append(Violation(
+                str(path), _key_of(info),
+                f"compression ratio must be at most {max_ratio:g}:1 (photon-count data stays far below; "
+                f"limit {MAX_COMPRESSION_RATIO_ENV})",
+                f"{info.file_size} bytes compressed into {info.compress_size} ({ratio:.0f}:1)",
+            ))
+    total = sum(info.file_size for info in archive.infolist())
+    if total > max_bytes:
+        violations.append(Violation(
+            str(path), FILE_KEY,
+            f"decompressed size must be at most {max_bytes:.0f} bytes (limit {MAX_INPUT_BYTES_ENV})",
+            f"{total} bytes in {len(archive.infolist())} members",
+        ))
+    return violations
+
+
 @contextmanager
 def _open_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: PathType) -> Iterator[IO[bytes]]:
     """Open one member; damaged zip data becomes a ContractError naming its key."""
@@ -146,28 +201,78 @@ def _read_data(
     return flat.reshape(shape, order="F" if fortran_order else "C")
 
 
-def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: PathType) -> np.ndarray:
+@dataclass(frozen=True)
+class StreamedArray:
+    """What the rules need of an array (dtype, shape, counts of NaN, Inf and negative values), gathered
+    chunk by chunk so that checking a file never holds its arrays: ``check_file`` uses it."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    nan: int = 0
+    inf: int = 0
+    negative: int = 0
+    smallest: float = 0.0
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+def _stream_facts(stream: IO[bytes], dtype: np.dtype, shape: tuple[int, ...], path: PathType, key: str) -> StreamedArray:
+    """Read the array body in bounded chunks, keeping only the counts the rules need."""
+    declared = math.prod(shape) * dtype.itemsize
+    step = max(dtype.itemsize, _CHUNK_BYTES - _CHUNK_BYTES % dtype.itemsize)
+    nan = inf = negative = read = 0
+    smallest = 0.0
+    while read < declared:
+        chunk = stream.read(min(step, declared - read))
+        if not chunk or len(chunk) % dtype.itemsize:
+            _fail(path, key, "the .npy header declares more data than the member holds (truncated or forged)",
+                  f"shape {shape} of {dtype}: {declared} bytes declared, {read + len(chunk)} present")
+        read += len(chunk)
+        values = np.frombuffer(chunk, dtype=dtype)
+        if dtype.kind in "fc":
+            nan += int(np.count_nonzero(np.isnan(values)))
+            inf += int(np.count_nonzero(np.isinf(values)))
+        if dtype.kind in "fi":
+            below = values < 0
+            if below.any():
+                negative += int(np.count_nonzero(below))
+                smallest = min(smallest, float(values[below].min()))
+    return StreamedArray(dtype, shape, nan, inf, negative, smallest)
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: PathType, streamed: bool) -> np.ndarray | StreamedArray:
     key = _key_of(info)
     with _open_member(archive, info, path) as stream:
         dtype, shape, fortran_order = _read_header(stream, path, key)
         if dtype.hasobject:
             _fail(path, key, "must not be an object array (reading it would unpickle, i.e. run code)", str(dtype))
+        if streamed:
+            return _stream_facts(stream, dtype, shape, path, key)
         return _read_data(stream, dtype, shape, fortran_order, path, key)
 
 
-def _load_members(path: PathType) -> tuple[dict[str, np.ndarray], list[Violation]]:
-    """Every readable array member except ``_metadata``, and a violation for each unreadable one.
+def _load_members(path: PathType, streamed: bool = False) -> tuple[dict[str, np.ndarray | StreamedArray], list[Violation]]:
+    """Every readable array member except ``_metadata`` (as arrays, or as :class:`StreamedArray` summaries
+    when ``streamed``), and a violation for each unreadable one.
 
-    File-level problems raise ContractError.
+    File-level problems, and sizes beyond the limits, raise ContractError.
     """
     arrays: dict[str, np.ndarray] = {}
     violations: list[Violation] = []
     with _open_archive(path) as archive:
+        refused = _size_violations(archive, path)
+        if refused:
+            raise ContractError(refused)
         for info in archive.infolist():
             if _key_of(info) == METADATA_KEY:
                 continue
             try:
-                arrays[_key_of(info)] = _read_member(archive, info, path)
+                arrays[_key_of(info)] = _read_member(archive, info, path, streamed)
             except ContractError as error:
                 violations += error.violations
     return arrays, violations
@@ -339,10 +444,13 @@ def _dtype_is(array: np.ndarray, dtype: np.dtype) -> _Problems:
         yield f"dtype must be {dtype}", str(array.dtype)
 
 
-def _finite(array: np.ndarray) -> _Problems:
+def _finite(array: np.ndarray | StreamedArray) -> _Problems:
     if array.dtype.kind not in "fc":  # integers are always finite; other dtypes are a dtype violation already
         return
-    nan, inf = np.count_nonzero(np.isnan(array)), np.count_nonzero(np.isinf(array))
+    if isinstance(array, StreamedArray):
+        nan, inf = array.nan, array.inf
+    else:
+        nan, inf = np.count_nonzero(np.isnan(array)), np.count_nonzero(np.isinf(array))
     if nan or inf:
         yield "values must be finite (no NaN or Inf)", f"{nan} NaN and {inf} Inf values"
 
@@ -373,12 +481,13 @@ def _diffraction_problems(diffraction: np.ndarray, geometry: _Geometry) -> _Prob
         yield "dtype must be float32 (amplitude, the square root of counts)", str(diffraction.dtype)
     yield from _finite(diffraction)
     if diffraction.dtype.kind in "fi":
-        negative = diffraction < 0  # NaN compares False: reported as non-finite only
-        if negative.any():
-            yield (
-                "amplitudes must be >= 0",
-                f"{np.count_nonzero(negative)} negative values, smallest {diffraction[negative].min()}",
-            )
+        if isinstance(diffraction, StreamedArray):
+            count, smallest = diffraction.negative, diffraction.smallest
+        else:
+            below = diffraction < 0  # NaN compares False: reported as non-finite only
+            count, smallest = int(np.count_nonzero(below)), (diffraction[below].min() if below.any() else 0)
+        if count:
+            yield "amplitudes must be >= 0", f"{count} negative values, smallest {smallest}"
 
 
 def _probe_problems(probe: np.ndarray, geometry: _Geometry) -> _Problems:
@@ -447,7 +556,7 @@ def validate(arrays: Mapping[str, np.ndarray], path: PathType) -> list[Violation
 
     Never raises: a rule that needs a shape another array lacks is skipped (that shape is reported instead).
     """
-    present = {key: value for key, value in arrays.items() if isinstance(value, np.ndarray)}
+    present = {key: value for key, value in arrays.items() if isinstance(value, (np.ndarray, StreamedArray))}
     problems = [
         (key, "must be a NumPy array", type(value).__name__) for key, value in arrays.items() if key not in present
     ]
@@ -464,9 +573,10 @@ def validate(arrays: Mapping[str, np.ndarray], path: PathType) -> list[Violation
 # --- whole files --------------------------------------------------------------------------------
 
 
-def _inspect(path: PathType) -> tuple[dict[str, np.ndarray], dict, list[Violation]]:
-    """(arrays, metadata, every violation); raises ContractError only when the file cannot be opened."""
-    arrays, violations = _load_members(path)
+def _inspect(path: PathType, streamed: bool = False) -> tuple[dict, dict, list[Violation]]:
+    """(arrays, metadata, every violation); raises ContractError only when the file cannot be opened or is
+    beyond the size limits. ``streamed``: summaries instead of arrays (checking without holding the data)."""
+    arrays, violations = _load_members(path, streamed)
     unreadable = {violation.key for violation in violations}
     violations += [violation for violation in validate(arrays, path) if violation.key not in unreadable]
     try:
@@ -477,9 +587,13 @@ def _inspect(path: PathType) -> tuple[dict[str, np.ndarray], dict, list[Violatio
 
 
 def check_file(path: PathType) -> list[Violation]:
-    """Every violation of the file (empty: valid). Data problems are returned, never raised."""
+    """Every violation of the file (empty: valid). Data problems are returned, never raised.
+
+    The arrays are read in bounded chunks and never held whole, so checking a file takes a few tens of MB
+    whatever its size; a file beyond the size limits is refused from its headers before any decompression.
+    """
     try:
-        return _inspect(path)[2]
+        return _inspect(path, streamed=True)[2]
     except ContractError as error:
         return error.violations
 

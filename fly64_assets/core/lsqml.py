@@ -100,7 +100,7 @@ progress bar on stderr, which floods consoles and run logs; it is held at WARNIN
 
 
 @contextlib.contextmanager
-def _isolated_ptychi_state(device, cpu_threads: int | None) -> Iterator[None]:
+def _isolated_ptychi_state(device, cpu_threads: int | None = None) -> Iterator[None]:
     """pty-chi sets torch's process-wide default device and dtypes; restore them (and torch's thread count,
     when ``cpu_threads`` sets it for a CPU reconstruction) afterwards."""
     import ptychi.utils

@@ -546,11 +546,15 @@ def exponents_markdown(exponents: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report_markdown(headline: str, markdown_table: str, images: dict[str, bytes], exponents: dict[str, dict]) -> str:
-    """Markdown for the Dagster UI: the headline, the FRC resolution dose exponents (resolution ≈
+def report_markdown(
+    headline: str, markdown_table: str, images: dict[str, bytes], exponents: dict[str, dict], notes: list[str] = ()
+) -> str:
+    """Markdown for the Dagster UI: the headline, notes, the FRC resolution dose exponents (resolution ≈
     prefactor · dose^exponent), every image inline, and the quality table."""
     parts = [
         f"**{headline}**",
+        "",
+        *[f"- {note}" for note in notes],
         "",
         "### FRC resolution against dose: fitted exponents",
         "",

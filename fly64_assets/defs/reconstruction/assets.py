@@ -232,14 +232,24 @@ def _reconstruct_partition(
     yield _check(key, True, AssetCheckSeverity.ERROR, f"DATA-001 satisfied: {input_path}", violations_check_metadata(input_path, []))
 
 
-def scoring_box(study_paths: StudyPaths, dataset: Dataset, own_positions: dict) -> tuple[float, float, float, float]:
-    """The probe-centre bounding box of the split's Phase C scan, so every view of a split is scored on
-    the same region (a thinned view is judged on the area the full scan covers); the dataset's own
-    positions if the Phase C file is absent."""
+PHASE_C_SCAN_AREA = "phase_c_scan"
+
+
+def scoring_box(study_paths: StudyPaths, dataset: Dataset, own_positions: dict) -> tuple[tuple[float, ...], str]:
+    """(box, area): the probe-centre bounding box of the split's Phase C scan, so every view of a split is
+    scored on the same region (a thinned view is judged on the area the full scan covers), and
+    ``PHASE_C_SCAN_AREA``. When the Phase C file is absent or breaks DATA-001 (a sibling's problem, which must
+    fail only the partitions that read it), the dataset's own scan box, and the reason as the area."""
     baseline = study_paths.input_path(Dataset(dataset.dose, "baseline", dataset.split))
-    positions = load_valid(baseline)[0] if baseline.is_file() else own_positions
+    area = PHASE_C_SCAN_AREA
+    try:
+        positions = load_valid(baseline)[0]
+    except ContractError as error:
+        positions = own_positions
+        problem = "is absent" if not baseline.exists() else f"breaks DATA-001 ({error.violations[0]})"
+        area = f"own scan: the split's Phase C file {baseline} {problem}"
     ys, xs = positions["ycoords"], positions["xcoords"]
-    return float(ys.min()), float(ys.max()), float(xs.min()), float(xs.max())
+    return (float(ys.min()), float(ys.max()), float(xs.min()), float(xs.max())), area
 
 
 def _score_partition(dataset: Dataset, study_paths: StudyPaths) -> Iterator:
@@ -260,7 +270,7 @@ def _score_partition(dataset: Dataset, study_paths: StudyPaths) -> Iterator:
     arrays, _ = load_valid(input_path)
     with np.load(reconstruction["reconstruction_path"], allow_pickle=False) as saved:
         recon = saved["reconstructed_object"]
-    box = scoring_box(study_paths, dataset, arrays)
+    box, area = scoring_box(study_paths, dataset, arrays)
     aligned = align_to_truth(recon, arrays["objectGuess"], tuple(reconstruction["object_origin_yx"]), box)
     metrics = score(aligned.recon, aligned.truth, aligned.shift_yx)
     aligned_path = out_dir / QUALITY_FILE
@@ -270,12 +280,12 @@ def _score_partition(dataset: Dataset, study_paths: StudyPaths) -> Iterator:
         "status": RECONSTRUCTED,
         "n_patterns": reconstruction["n_patterns"],
         "aligned_path": str(aligned_path),
+        "scoring_area": area,
         **metrics.as_dict(),
     }
     write_json(out_dir / QUALITY_RECORD, record)
-    yield AssetMaterialization(
-        QUALITY, partition=key, metadata={name: value for name, value in metrics.as_dict().items() if name != "shift_yx"}
-    )
+    metadata = {name: value for name, value in metrics.as_dict().items() if name != "shift_yx"}
+    yield AssetMaterialization(QUALITY, partition=key, metadata={**metadata, "scoring_area": area})
 
 
 @multi_asset(

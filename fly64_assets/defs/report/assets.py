@@ -7,7 +7,7 @@ from dagster import MetadataValue, Output, asset
 from fly64_assets.core.artifacts import write_bytes, write_text
 from fly64_assets.core.bookkeeping import QUALITY_RECORD, RECONSTRUCTED, SKIPPED, missing_reason, read_record
 from fly64_assets.core.design import ALL_DATASETS, DOSES, VIEWS, Dataset
-from fly64_assets.defs.reconstruction.assets import QUALITY
+from fly64_assets.defs.reconstruction.assets import PHASE_C_SCAN_AREA, QUALITY
 from fly64_assets.defs.resources import StudyPaths
 
 REPORT_DIR = "report"
@@ -63,6 +63,11 @@ def study_report(study_paths: StudyPaths) -> Output[dict]:
     write_text(out_dir / "quality.csv", report.rows_to_csv(rows))
     write_text(out_dir / "quality.md", table)
     notes = [f"{sum(r['status'] == RECONSTRUCTED for r in rows)} of {len(ALL_DATASETS)} jobs reconstructed and scored"]
+    notes += [
+        f"{dataset.partition_key} scored on its {record['scoring_area']}"
+        for dataset, record in records.items()
+        if record.get("scoring_area", PHASE_C_SCAN_AREA) != PHASE_C_SCAN_AREA
+    ]
     html_path = out_dir / "study_report.html"
     write_text(html_path, report.html_page("fly64 dose/overlap study", headline, table, images, notes))
     return Output(
@@ -70,6 +75,6 @@ def study_report(study_paths: StudyPaths) -> Output[dict]:
         metadata={
             "headline": headline,
             "html_path": MetadataValue.path(str(html_path)),
-            "report": MetadataValue.md(report.report_markdown(headline, table, images, exponents)),
+            "report": MetadataValue.md(report.report_markdown(headline, table, images, exponents, notes)),
         },
     )
