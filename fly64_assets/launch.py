@@ -9,13 +9,11 @@ process, a thread or a pool: on dask, the executor sends the steps to the cluste
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dagster import (
-    AssetKey,
     AssetPartitionStatus,
     DagsterInstance,
     PartitionKeyRange,
@@ -52,6 +50,8 @@ class RunOutcome:
     run_id: str
     success: bool
     error: str | None
+    values: dict = field(default_factory=dict)
+    """The requested steps' output values, by step name (after a success)."""
 
 
 def failure_message(result) -> str | None:
@@ -68,14 +68,20 @@ def failure_message(result) -> str | None:
 
 
 def execute(
-    paths: StudyPaths, job_name: str, instance: DagsterInstance, run_config: dict | None = None, tags: dict | None = None
+    paths: StudyPaths,
+    job_name: str,
+    instance: DagsterInstance,
+    run_config: dict | None = None,
+    tags: dict | None = None,
+    outputs: tuple[str, ...] = (),
 ) -> RunOutcome:
-    """One run of a study job in ``instance`` on the executor ``FLY64_EXECUTOR`` names."""
+    """One run of a study job in ``instance`` on the executor ``FLY64_EXECUTOR`` names; ``outputs`` names the
+    steps whose values to return."""
     run_config = {**QUIET, **(run_config or {})}
     if executor_name() == IN_PROCESS:
         job = build_definitions(paths).resolve_job_def(job_name)
         result = job.execute_in_process(instance=instance, run_config=run_config, tags=tags, raise_on_error=False)
-        return RunOutcome(result.run_id, result.success, None if result.success else failure_message(result))
+        return _outcome(result, outputs)
     job = build_reconstructable_job(
         __name__,
         study_job.__name__,
@@ -87,7 +93,13 @@ def execute(
         },
     )
     with execute_job(job, instance=instance, run_config=run_config, tags=tags, raise_on_error=False) as result:
-        return RunOutcome(result.run_id, result.success, None if result.success else failure_message(result))
+        return _outcome(result, outputs)
+
+
+def _outcome(result, outputs: tuple[str, ...]) -> RunOutcome:
+    if not result.success:
+        return RunOutcome(result.run_id, False, failure_message(result))
+    return RunOutcome(result.run_id, True, None, {name: result.output_for_node(name) for name in outputs})
 
 
 def partition_tags(start: str, end: str) -> dict[str, str]:
@@ -151,21 +163,11 @@ def reconstruct(
 
 def summarize(paths: StudyPaths, filters: dict, instance: DagsterInstance) -> dict:
     """Materialize the manifest, the skip summary and the report; returns their values by asset name."""
-    outcome = execute(paths, SUMMARIZE_JOB, instance, {"ops": {"reconstruction_manifest": {"config": filters}}})
+    run_config = {"ops": {"reconstruction_manifest": {"config": filters}}}
+    outcome = execute(paths, SUMMARIZE_JOB, instance, run_config, outputs=SUMMARY_ASSETS)
     if not outcome.success:
         raise RuntimeError(f"the summaries failed: {outcome.error}")
-    return {name: load_value(paths, name, instance) for name in SUMMARY_ASSETS}
-
-
-def load_value(paths: StudyPaths, asset_name: str, instance: DagsterInstance):
-    """An unpartitioned asset's stored value, without the IO manager's debug line on the console."""
-    dagster_logger = logging.getLogger("dagster")
-    level = dagster_logger.level
-    dagster_logger.setLevel(logging.WARNING)
-    try:
-        return build_definitions(paths).load_asset_value(AssetKey(asset_name), instance=instance)
-    finally:
-        dagster_logger.setLevel(level)
+    return outcome.values
 
 
 def run_study(
@@ -190,7 +192,7 @@ def rescore(paths: StudyPaths, instance: DagsterInstance, progress: Callable[[st
     for start, end in covering_ranges(datasets):
         outcome = execute(paths, SCORE_JOB, instance, tags=partition_tags(start, end))
         progress(f"scored {start} ... {end}: {'ok' if outcome.success else outcome.error}")
-    outcome = execute(paths, REPORT_JOB, instance)
+    outcome = execute(paths, REPORT_JOB, instance, outputs=("study_report",))
     if not outcome.success:
         raise RuntimeError(f"the report failed: {outcome.error}")
-    return load_value(paths, "study_report", instance)
+    return outcome.values["study_report"]
