@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -140,6 +141,14 @@ class DagsterDev:
             time.sleep(1.0)
         raise TimeoutError(f"dagster dev did not answer on {self.url} within {timeout_s:.0f} s; see {self.log_path}")
 
+    def kill(self) -> None:
+        """SIGKILL the whole server at once (webserver, daemon, code server, run processes), as a crash would."""
+        if self.process is not None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        if self._log is not None:
+            self._log.close()
+
     def stop(self) -> None:
         if self.process is not None:
             stop_process_group(self.process)
@@ -159,6 +168,23 @@ class DagsterDev:
         return payload["data"]
 
 
+
+
+def study_environment(root: Path, epochs: str) -> dict[str, str]:
+    """A server's environment for a study under ``root`` (inputs/, artifacts/, dagster_home/): its roots, a private
+    Dagster instance, the default epochs, nothing inherited from FLY64_*."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FLY64_") and key != "DAGSTER_HOME"}
+    env.update(
+        FLY64_PHASE_C_ROOT=str(root / "inputs" / "phase_c"),
+        FLY64_PHASE_D_ROOT=str(root / "inputs" / "phase_d"),
+        FLY64_ARTIFACT_ROOT=str(root / "artifacts"),
+        FLY64_DATA_DIR=str(root / "data"),
+        FLY64_EPOCHS=epochs,
+        DAGSTER_HOME=str(root / "dagster_home"),
+        VIRTUAL_ENV=str(Path(sys.executable).parent.parent),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
 
 
 def ui_backfill_params(partition_keys: list[str], assets: list[str] = UI_BACKFILL_ASSETS) -> dict:
@@ -190,3 +216,71 @@ def run_ui_backfill(
         if time.monotonic() - started > timeout_s:
             raise TimeoutError(f"backfill {backfill_id} still {backfill['status']} after {timeout_s:.0f} s")
         time.sleep(poll_s)
+
+
+# --- single runs, as the UI's Materialize, Terminate and Re-execute buttons send them -------------------
+
+LAUNCH_RUN = """
+mutation LaunchRun($executionParams: ExecutionParams!) {
+  launchRun(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message stack }
+    ... on Error { message }
+  }
+}"""
+
+TERMINATE_RUN = """
+mutation Terminate($runId: String!) {
+  terminateRun(runId: $runId, terminatePolicy: SAFE_TERMINATE) {
+    __typename
+    ... on TerminateRunFailure { message }
+    ... on PythonError { message }
+  }
+}"""
+
+REEXECUTE_FROM_FAILURE = """
+mutation Reexecute($parentRunId: String!) {
+  launchRunReexecution(reexecutionParams: {parentRunId: $parentRunId, strategy: FROM_FAILURE}) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message stack }
+    ... on Error { message }
+  }
+}"""
+
+RUN_STATUS = """
+query Run($runId: ID!) {
+  runOrError(runId: $runId) { __typename ... on Run { status } }
+}"""
+
+LOCATION_NAME = "{ workspaceOrError { ... on Workspace { locationEntries { name } } } }"
+TERMINAL_RUN_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+def launch_run(server: DagsterDev, job_name: str, tags: dict[str, str], run_config: dict | None = None) -> str:
+    """Launch one run of a job (through the run queue, as the UI does); returns its id."""
+    (location,) = server.graphql(LOCATION_NAME)["workspaceOrError"]["locationEntries"]
+    params = {
+        "selector": {"repositoryLocationName": location["name"], "repositoryName": "__repository__", "jobName": job_name},
+        "runConfigData": run_config or {},
+        "executionMetadata": {"tags": [{"key": key, "value": value} for key, value in tags.items()]},
+    }
+    launched = server.graphql(LAUNCH_RUN, {"executionParams": params})["launchRun"]
+    if launched["__typename"] != "LaunchRunSuccess":
+        raise GraphQLError(f"the run was not launched: {launched}")
+    return launched["run"]["runId"]
+
+
+def run_status(server: DagsterDev, run_id: str) -> str:
+    return server.graphql(RUN_STATUS, {"runId": run_id})["runOrError"]["status"]
+
+
+def wait_for_run(server: DagsterDev, run_id: str, timeout_s: float, statuses=TERMINAL_RUN_STATUSES) -> tuple[str, float]:
+    """Poll until the run reaches one of ``statuses``: (status, seconds waited)."""
+    started = time.monotonic()
+    while (status := run_status(server, run_id)) not in statuses:
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"run {run_id} still {status} after {timeout_s:.0f} s")
+        time.sleep(0.5)
+    return status, time.monotonic() - started

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -34,6 +33,7 @@ from fly64_assets_tests.dagster_dev import (
     UI_BACKFILL_ASSETS,
     DagsterDev,
     run_ui_backfill,
+    study_environment,
 )
 from fly64_assets_tests.ui_helpers import Chromium, find_chromium
 
@@ -82,22 +82,6 @@ def chromium_or_skip() -> str:
     return executable
 
 
-def study_environment(root: Path) -> dict[str, str]:
-    """The server's environment: the tiny study's roots, a private Dagster instance, nothing inherited from FLY64_*."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("FLY64_") and key != "DAGSTER_HOME"}
-    env.update(
-        FLY64_PHASE_C_ROOT=str(root / "inputs" / "phase_c"),
-        FLY64_PHASE_D_ROOT=str(root / "inputs" / "phase_d"),
-        FLY64_ARTIFACT_ROOT=str(root / "artifacts"),
-        FLY64_DATA_DIR=str(root / "data"),
-        FLY64_EPOCHS=EPOCHS,
-        DAGSTER_HOME=str(root / "dagster_home"),
-        VIRTUAL_ENV=str(Path(sys.executable).parent.parent),
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
 def write_instance_config(dagster_home: Path) -> None:
     """The project's dagster.yaml, as shipped: the backfill is measured and checked with the users' settings."""
     dagster_home.mkdir(parents=True, exist_ok=True)
@@ -129,7 +113,7 @@ def ui_study(tmp_path_factory) -> UIStudy:
     simulate_study(root / "inputs", scale="demo")
     write_instance_config(root / "dagster_home")
     shots = artifacts_dir()
-    server = DagsterDev(REPO_ROOT, study_environment(root), log_path=root / "dagster_dev.log")
+    server = DagsterDev(REPO_ROOT, study_environment(root, EPOCHS), log_path=root / "dagster_dev.log")
     try:
         server.start()
         # What clicking "Skip" on the first visit's "Join the Dagster community" dialog records.

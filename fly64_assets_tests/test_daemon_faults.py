@@ -1,0 +1,144 @@
+"""Faults in the daemon path, with real parts: `dagster dev` (webserver, daemon, code server), runs launched and
+terminated through the GraphQL requests the UI's buttons send, real processes killed.
+
+One server for the module, the shipped dagster.yaml (run monitoring's max_runtime_seconds shortened to 45 s so
+that the last test can show it working). The tests run in file order; the last one kills the whole server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from dagster import DagsterInstance
+
+from fly64_assets.core.artifacts import PARTIAL_SUFFIX
+from fly64_assets.core.design import Dataset
+from fly64_assets.core.synthetic import simulate_study
+from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS
+from fly64_assets_tests.dagster_dev import (
+    REEXECUTE_FROM_FAILURE,
+    TERMINATE_RUN,
+    DagsterDev,
+    launch_run,
+    run_status,
+    study_environment,
+    wait_for_run,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TEST_MAX_RUNTIME_S = 45
+LONG = {"ops": {"ptychi_reconstruction": {"config": {"epochs": 3000}}}}
+"""A reconstruction that would run for minutes: every test here interrupts it."""
+
+
+@dataclass
+class Study:
+    root: Path
+    env: dict[str, str]
+    server: DagsterDev
+
+    def artifact_dir(self, key: str) -> Path:
+        return Dataset.from_partition_key(key).artifact_dir(self.root / "artifacts")
+
+    def restart(self) -> None:
+        self.server = DagsterDev(REPO_ROOT, self.env, log_path=self.root / f"dagster_dev_{time.monotonic_ns()}.log")
+        self.server.start()
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Study:
+    root = tmp_path_factory.mktemp("daemon_faults")
+    simulate_study(root / "inputs", scale="demo")
+    home = root / "dagster_home"
+    home.mkdir()
+    config = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
+    config["run_monitoring"].update(max_runtime_seconds=TEST_MAX_RUNTIME_S, poll_interval_seconds=5)
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    env = study_environment(root, "5")
+    current = Study(root, env, DagsterDev(REPO_ROOT, env, log_path=root / "dagster_dev.log"))
+    try:
+        current.server.start()
+        yield current
+    finally:
+        current.server.stop()
+
+
+def _tags(key: str) -> dict[str, str]:
+    return dict(STUDY_PARTITIONS.get_tags_for_partition_key(key))
+
+
+def _wait_for_epoch(folder: Path, epoch: int, timeout_s: float = 180) -> Path:
+    """The reconstruction's log while it is being written (a .partial file), once it reached ``epoch``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for partial in folder.glob(f".ptychi.log*{PARTIAL_SUFFIX}"):
+            if f"epoch {epoch}/" in partial.read_text():
+                return partial
+        time.sleep(0.3)
+    raise TimeoutError(f"no reconstruction reached epoch {epoch} in {folder}")
+
+
+def _outputs(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir()) if folder.exists() else []
+
+
+def test_terminate_from_the_ui_cancels_promptly_leaves_no_partial_output_and_frees_the_pool(study):
+    key = "1000|baseline_test"
+    folder = study.artifact_dir(key)
+    run_id = launch_run(study.server, "reconstruct_study", _tags(key), LONG)
+    _wait_for_epoch(folder, 3)
+    terminated = study.server.graphql(TERMINATE_RUN, {"runId": run_id})["terminateRun"]
+    assert terminated["__typename"] == "TerminateRunSuccess", terminated
+    status, seconds = wait_for_run(study.server, run_id, timeout_s=60)
+    print(f"terminated run {run_id}: {status} {seconds:.1f} s after the request")
+    assert status == "CANCELED" and seconds < 30
+    # The log of what happened stays (whole); no reconstruction output, record or temporary file does.
+    assert _outputs(folder) == ["ptychi.log"], _outputs(folder)
+    with DagsterInstance.from_config(study.env["DAGSTER_HOME"]) as instance:
+        assert instance.event_log_storage.get_concurrency_info("gpu").claimed_slots == []
+
+    again = launch_run(study.server, "reconstruct_study", _tags(key), {"ops": {"ptychi_reconstruction": {"config": {"epochs": 5}}}})
+    assert wait_for_run(study.server, again, timeout_s=180)[0] == "SUCCESS"
+    saved = np.load(folder / "ptychi_reconstruction.npz", allow_pickle=False)
+    assert saved["loss_per_epoch"].shape == (5,)
+
+
+def test_a_killed_run_process_is_marked_failed_by_dagster_and_reexecution_from_failure_completes(study):
+    key = "1000|baseline_train"
+    folder = study.artifact_dir(key)
+    run_id = launch_run(study.server, "reconstruct_study", _tags(key), {"ops": {"ptychi_reconstruction": {"config": {"epochs": 300}}}})
+    partial = _wait_for_epoch(folder, 3)
+    run_process = int(partial.name.split("~")[2])  # the writer's pid is in the name: the run's own process
+    os.kill(run_process, signal.SIGKILL)
+    status, seconds = wait_for_run(study.server, run_id, timeout_s=60)
+    print(f"killed run process {run_process}: the run is {status} {seconds:.1f} s later")
+    assert status == "FAILURE"  # recorded by the code server that launched the process, not by code of ours
+    assert "ptychi_reconstruction.npz" not in _outputs(folder)
+
+    relaunched = study.server.graphql(REEXECUTE_FROM_FAILURE, {"parentRunId": run_id})["launchRunReexecution"]
+    assert relaunched["__typename"] == "LaunchRunSuccess", relaunched
+    assert wait_for_run(study.server, relaunched["run"]["runId"], timeout_s=300)[0] == "SUCCESS"
+    saved = np.load(folder / "ptychi_reconstruction.npz", allow_pickle=False)
+    assert saved["loss_per_epoch"].shape == (300,)
+    assert not list(folder.glob(f".*{PARTIAL_SUFFIX}"))  # the killed writer's leftover was removed
+
+
+def test_runs_in_flight_when_the_whole_server_dies_do_not_stay_started(study):
+    key = "10000|baseline_train"
+    run_id = launch_run(study.server, "reconstruct_study", _tags(key), LONG)
+    _wait_for_epoch(study.artifact_dir(key), 3)
+    study.server.kill()
+    shutil.copyfile(study.server.log_path, study.root / "killed_server.log")
+    study.restart()
+    assert run_status(study.server, run_id) == "STARTED"  # nobody was left to record its end
+    status, seconds = wait_for_run(study.server, run_id, timeout_s=TEST_MAX_RUNTIME_S + 90)
+    print(f"after the restart the run became {status} within {seconds:.1f} s (max_runtime_seconds {TEST_MAX_RUNTIME_S})")
+    assert status in ("FAILURE", "CANCELED")  # run monitoring's max runtime ended it
