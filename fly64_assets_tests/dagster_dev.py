@@ -198,24 +198,36 @@ def ui_backfill_params(partition_keys: list[str], assets: list[str] = UI_BACKFIL
     }
 
 
-def run_ui_backfill(
-    server: DagsterDev, partition_keys: list[str], timeout_s: float, poll_s: float = 1.0, assets: list[str] = UI_BACKFILL_ASSETS
-) -> tuple[str, dict, float]:
-    """Launch the UI's backfill request and wait for it to end: (backfill id, its final status, seconds)."""
+def launch_ui_backfill(server: DagsterDev, partition_keys: list[str], assets: list[str] = UI_BACKFILL_ASSETS) -> str:
+    """Send the UI's backfill request; returns the backfill's id."""
     launched = server.graphql(LAUNCH_BACKFILL, {"params": ui_backfill_params(partition_keys, assets)})["launchPartitionBackfill"]
     if launched["__typename"] != "LaunchBackfillSuccess":
         raise GraphQLError(f"the backfill was not launched: {launched}")
-    backfill_id = launched["backfillId"]
+    return launched["backfillId"]
+
+
+def wait_for_backfill(server: DagsterDev, backfill_id: str, timeout_s: float, poll_s: float = 1.0) -> dict:
+    """Poll until the backfill ends; returns its final status (BACKFILL_STATUS's fields)."""
     started = time.monotonic()
     while True:
         backfill = server.graphql(BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
         if backfill["__typename"] != "PartitionBackfill":
             raise GraphQLError(f"backfill {backfill_id}: {backfill}")
         if backfill["status"] in TERMINAL_BACKFILL_STATUSES:
-            return backfill_id, backfill, time.monotonic() - started
+            return backfill
         if time.monotonic() - started > timeout_s:
             raise TimeoutError(f"backfill {backfill_id} still {backfill['status']} after {timeout_s:.0f} s")
         time.sleep(poll_s)
+
+
+def run_ui_backfill(
+    server: DagsterDev, partition_keys: list[str], timeout_s: float, poll_s: float = 1.0, assets: list[str] = UI_BACKFILL_ASSETS
+) -> tuple[str, dict, float]:
+    """Launch the UI's backfill request and wait for it to end: (backfill id, its final status, seconds)."""
+    started = time.monotonic()
+    backfill_id = launch_ui_backfill(server, partition_keys, assets)
+    backfill = wait_for_backfill(server, backfill_id, timeout_s, poll_s)
+    return backfill_id, backfill, time.monotonic() - started
 
 
 # --- single runs, as the UI's Materialize, Terminate and Re-execute buttons send them -------------------
@@ -252,6 +264,15 @@ mutation Reexecute($parentRunId: String!) {
 RUN_STATUS = """
 query Run($runId: ID!) {
   runOrError(runId: $runId) { __typename ... on Run { status } }
+}"""
+
+CHECK_EXECUTIONS = """
+query Checks($key: AssetKeyInput!, $check: String!) {
+  assetCheckExecutions(assetKey: $key, checkName: $check, limit: 200) {
+    runId status partition timestamp
+    evaluation { severity success description partition }
+    run { tags { key value } }
+  }
 }"""
 
 LOCATION_NAME = "{ workspaceOrError { ... on Workspace { locationEntries { name } } } }"

@@ -7,6 +7,7 @@ that the last test can show it working). The tests run in file order; the last o
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -24,12 +25,15 @@ from fly64_assets.core.design import Dataset
 from fly64_assets.core.synthetic import simulate_study
 from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS
 from fly64_assets_tests.dagster_dev import (
+    CHECK_EXECUTIONS,
     REEXECUTE_FROM_FAILURE,
     TERMINATE_RUN,
     DagsterDev,
     launch_run,
+    launch_ui_backfill,
     run_status,
     study_environment,
+    wait_for_backfill,
     wait_for_run,
 )
 
@@ -129,6 +133,54 @@ def test_a_killed_run_process_is_marked_failed_by_dagster_and_reexecution_from_f
     saved = np.load(folder / "ptychi_reconstruction.npz", allow_pickle=False)
     assert saved["loss_per_epoch"].shape == (300,)
     assert not list(folder.glob(f".*{PARTIAL_SUFFIX}"))  # the killed writer's leftover was removed
+
+
+RECONSTRUCTION_ASSETS = ["ptychi_reconstruction", "reconstruction_quality"]
+
+
+def test_two_backfills_of_the_same_partitions_at_once_both_finish_and_every_file_is_whole(study):
+    keys = [f"1000|{view}_{split}" for view in ("baseline", "dense") for split in ("train", "test")]
+    first = launch_ui_backfill(study.server, keys, RECONSTRUCTION_ASSETS)
+    second = launch_ui_backfill(study.server, keys, RECONSTRUCTION_ASSETS)
+    for backfill_id in (first, second):
+        backfill = wait_for_backfill(study.server, backfill_id, timeout_s=300)
+        assert backfill["status"] == "COMPLETED_SUCCESS", backfill
+    for key in keys:
+        folder = study.artifact_dir(key)
+        with np.load(folder / "ptychi_reconstruction.npz", allow_pickle=False) as saved:
+            assert saved["loss_per_epoch"].shape == (5,) and np.isfinite(saved["reconstructed_object"]).all()
+        assert json.loads((folder / "quality.json").read_text())["status"] == "succeeded"
+        assert not list(folder.glob(f".*{PARTIAL_SUFFIX}"))
+
+
+def test_bad_inputs_through_the_ui_backfill_fail_only_their_partitions_with_file_key_and_rule(study):
+    float64_file = study.root / "inputs" / "phase_d" / "dose_10000" / "dense" / "dense_train.npz"
+    arrays = dict(np.load(float64_file, allow_pickle=False))
+    np.savez(float64_file, **{**arrays, "diffraction": arrays["diffraction"].astype(np.float64)})
+    truncated = study.root / "inputs" / "phase_c" / "dose_100000" / "patched_test.npz"
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    bad = {"10000|dense_train": (str(float64_file), "diffraction", "float32"), "100000|baseline_test": (str(truncated), "<file>", "truncated")}
+
+    backfill = wait_for_backfill(
+        study.server, launch_ui_backfill(study.server, STUDY_PARTITIONS.get_partition_keys(), RECONSTRUCTION_ASSETS), 600
+    )
+    assert backfill["status"] == "COMPLETED_FAILED", backfill
+    counts = {s["assetKey"]["path"][0]: s for s in backfill["assetBackfillData"]["assetBackfillStatuses"]}
+    for name in RECONSTRUCTION_ASSETS:
+        assert (counts[name]["numPartitionsMaterialized"], counts[name]["numPartitionsFailed"]) == (16, 2), counts[name]
+
+    executions = study.server.graphql(CHECK_EXECUTIONS, {"key": {"path": ["ptychi_reconstruction"]}, "check": "input_data001"})
+    backfill_runs = {run["runId"] for run in backfill["runs"]}
+    latest = {}
+    for execution in sorted(executions["assetCheckExecutions"], key=lambda e: e["timestamp"]):
+        if execution["runId"] in backfill_runs:
+            latest[execution["partition"]] = execution["evaluation"]
+    assert len(latest) == 18
+    errors = {key: evaluation for key, evaluation in latest.items() if evaluation["severity"] == "ERROR" and not evaluation["success"]}
+    assert sorted(errors) == sorted(bad)
+    for key, (path, array_key, rule_word) in bad.items():
+        description = errors[key]["description"]
+        assert path in description and array_key in description and rule_word in description, description
 
 
 def test_runs_in_flight_when_the_whole_server_dies_do_not_stay_started(study):

@@ -30,6 +30,7 @@ from fly64_assets.defs.reconstruction.partitions import (
     STUDY_PARTITIONS,
 )
 from fly64_assets_tests.dagster_dev import (
+    CHECK_EXECUTIONS,
     UI_BACKFILL_ASSETS,
     DagsterDev,
     run_ui_backfill,
@@ -56,14 +57,7 @@ query Stats($key: AssetKeyInput!) {
   }
 }"""
 
-CHECK_EXECUTIONS = """
-query Checks($key: AssetKeyInput!, $check: String!) {
-  assetCheckExecutions(assetKey: $key, checkName: $check, limit: 200) {
-    runId status partition timestamp
-    evaluation { severity success description partition }
-    run { tags { key value } }
-  }
-}"""
+
 
 
 def artifacts_dir() -> Path:
