@@ -18,14 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from dagster import AssetKey, DagsterInstance
+from dagster import DagsterInstance
 
 from fly64_assets.core.artifacts import PARTIAL_SUFFIX
 from fly64_assets.core.design import Dataset
 from fly64_assets.core.synthetic import simulate_study
 from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS
 from fly64_assets_tests.dagster_dev import (
-    BACKFILL_STATUS,
     CHECK_EXECUTIONS,
     REEXECUTE_FROM_FAILURE,
     TERMINATE_RUN,
@@ -182,41 +181,6 @@ def test_bad_inputs_through_the_ui_backfill_fail_only_their_partitions_with_file
     for key, (path, array_key, rule_word) in bad.items():
         description = errors[key]["description"]
         assert path in description and array_key in description and rule_word in description, description
-
-
-def test_a_daemon_killed_mid_backfill_resumes_it_after_a_restart_and_each_partition_is_materialized_once(study):
-    """SIGKILL the daemon while the backfill's run reconstructs: `dagster dev` shuts down (its code server lets the
-    run finish); after a restart the new daemon resumes the backfill to its end, materializing nothing twice."""
-    import psutil
-
-    keys = [f"1000|{view}_{split}" for view in ("baseline", "dense", "sparse") for split in ("train", "test")]
-    backfill_id = launch_ui_backfill(study.server, keys, RECONSTRUCTION_ASSETS)
-    deadline = time.monotonic() + 120
-    while not any(run["status"] == "STARTED" for run in _backfill(study, backfill_id)["runs"]):
-        assert time.monotonic() < deadline, "the backfill's run never started"
-        time.sleep(0.3)
-    (daemon,) = [p for p in psutil.Process(study.server.process.pid).children(recursive=True)
-                 if "dagster-daemon" in " ".join(p.cmdline())]
-    daemon.kill()
-    study.server.process.wait(timeout=120)  # `dagster dev` notices and shuts itself down
-    study.server.stop()
-    shutil.copyfile(study.server.log_path, study.root / "daemon_killed_server.log")
-
-    study.restart()
-    backfill = wait_for_backfill(study.server, backfill_id, timeout_s=300)
-    assert backfill["status"] == "COMPLETED_SUCCESS", backfill
-    run_ids = {run["runId"] for run in backfill["runs"]}
-    with DagsterInstance.from_config(study.env["DAGSTER_HOME"]) as instance:
-        records = instance.fetch_materializations(AssetKey("ptychi_reconstruction"), limit=1000).records
-    materialized = sorted(record.partition_key for record in records if record.run_id in run_ids)
-    assert materialized == sorted(keys), materialized  # every partition once: none lost, none doubled
-    for key in keys[:4]:
-        with np.load(study.artifact_dir(key) / "ptychi_reconstruction.npz", allow_pickle=False) as saved:
-            assert np.isfinite(saved["reconstructed_object"]).all()
-
-
-def _backfill(study: Study, backfill_id: str) -> dict:
-    return study.server.graphql(BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
 
 
 def test_runs_in_flight_when_the_whole_server_dies_do_not_stay_started(study):
