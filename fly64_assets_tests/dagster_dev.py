@@ -106,21 +106,25 @@ class DagsterDev:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def executable(self, name: str) -> str:
+        """A console script of the environment's virtualenv (``dagster``, ``dagster-daemon``, ...)."""
+        script = Path(self.env.get("VIRTUAL_ENV", "")) / "bin" / name
+        found = str(script) if script.exists() else shutil.which(name, path=self.env.get("PATH"))
+        if found is None:
+            raise RuntimeError(f"the {name} command is not installed in this environment")
+        return found
+
+    def command(self) -> list[str]:
+        return [self.executable("dagster"), "dev", "-w", "workspace.yaml", "--host", "127.0.0.1", "--port", str(self.port)]
+
+    def spawn(self, command: list[str], log) -> subprocess.Popen:
+        """A process in a session of its own (so that it can be stopped with everything it started)."""
+        return subprocess.Popen(command, cwd=self.repo_root, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
     def start(self, timeout_s: float = 180.0) -> None:
-        dagster = Path(self.env.get("VIRTUAL_ENV", "")) / "bin" / "dagster"
-        executable = str(dagster) if dagster.exists() else shutil.which("dagster", path=self.env.get("PATH"))
-        if executable is None:
-            raise RuntimeError("the dagster command is not installed in this environment")
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed by stop()
-        self.process = subprocess.Popen(
-            [executable, "dev", "-w", "workspace.yaml", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=self.repo_root,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.process = self.spawn(self.command(), self._log)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -168,6 +172,40 @@ class DagsterDev:
         return payload["data"]
 
 
+
+
+class SeparateServices(DagsterDev):
+    """The production layout: ``dagster-webserver`` and ``dagster-daemon run`` as processes of their own. The daemon
+    starts its own code server, whose run processes outlive a daemon that dies (the server waits for them)."""
+
+    def __init__(self, repo_root: Path, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
+        super().__init__(repo_root, env, log_path, port)
+        self.daemons: list[subprocess.Popen] = []
+        self._daemon_logs: list = []
+
+    def command(self) -> list[str]:
+        return [self.executable("dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(self.port)]
+
+    def start_daemon(self) -> None:
+        log = open(self.log_path.with_name(f"daemon_{len(self._daemon_logs)}.log"), "wb")  # noqa: SIM115 - closed by stop()
+        self._daemon_logs.append(log)
+        self.daemons.append(self.spawn([self.executable("dagster-daemon"), "run", "-w", "workspace.yaml"], log))
+
+    def start(self, timeout_s: float = 180.0) -> None:
+        self.start_daemon()
+        super().start(timeout_s)
+
+    def kill_daemon(self) -> None:
+        """SIGKILL the daemon process alone, as a crash or an out-of-memory kill would."""
+        self.daemons[-1].kill()
+        self.daemons[-1].wait()
+
+    def stop(self) -> None:
+        for daemon in self.daemons:  # a killed daemon's group still holds its code server until stopped here
+            stop_process_group(daemon)
+        for log in self._daemon_logs:
+            log.close()
+        super().stop()
 
 
 def study_environment(root: Path, epochs: str) -> dict[str, str]:
