@@ -135,7 +135,6 @@ def reconstruct(
     options: ReconstructionOptions,
     instance: DagsterInstance,
     progress: Callable[[str], None] = print,
-    job_name: str = RECONSTRUCT_JOB,
 ) -> list[RunOutcome]:
     """Reconstruct and score ``datasets``: one run per covering range; reports each partition's outcome."""
     datasets = sorted(datasets)
@@ -143,7 +142,7 @@ def reconstruct(
     outcomes = []
     for start, end in covering_ranges(datasets):
         started = time.perf_counter()
-        outcome = execute(paths, job_name, instance, config, partition_tags(start, end))
+        outcome = execute(paths, RECONSTRUCT_JOB, instance, config, partition_tags(start, end))
         outcomes.append(outcome)
         keys = STUDY_PARTITIONS.get_partition_keys_in_range(PartitionKeyRange(start, end))
         statuses = instance.get_status_by_partition(RECONSTRUCTION, keys, STUDY_PARTITIONS) or {}
