@@ -181,21 +181,31 @@ def _read_header(stream: IO[bytes], path: PathType, key: str) -> tuple[np.dtype,
     return dtype, shape, fortran_order
 
 
-def _read_data(
-    stream: IO[bytes], dtype: np.dtype, shape: tuple[int, ...], fortran_order: bool, path: PathType, key: str
-) -> np.ndarray:
-    """The array body, read in chunks so that memory never exceeds the bytes really present."""
+def _chunks(stream: IO[bytes], dtype: np.dtype, shape: tuple[int, ...], path: PathType, key: str) -> Iterator[bytes]:
+    """The array body in chunks of at most ``_CHUNK_BYTES`` whole items, so that memory never exceeds the bytes
+    really present; a body shorter than its header declares is a violation."""
     declared = math.prod(shape) * dtype.itemsize
-    data = bytearray()
-    while len(data) < declared:
-        chunk = stream.read(min(_CHUNK_BYTES, declared - len(data)))
-        if not chunk:
+    step = max(dtype.itemsize, _CHUNK_BYTES - _CHUNK_BYTES % dtype.itemsize)
+    read = 0
+    while read < declared:
+        chunk = stream.read(min(step, declared - read))
+        if not chunk or len(chunk) % dtype.itemsize:
             _fail(
                 path,
                 key,
                 "the .npy header declares more data than the member holds (truncated or forged)",
-                f"shape {shape} of {dtype}: {declared} bytes declared, {len(data)} present",
+                f"shape {shape} of {dtype}: {declared} bytes declared, {read + len(chunk)} present",
             )
+        read += len(chunk)
+        yield chunk
+
+
+def _read_data(
+    stream: IO[bytes], dtype: np.dtype, shape: tuple[int, ...], fortran_order: bool, path: PathType, key: str
+) -> np.ndarray:
+    """The array body, read in bounded chunks (see :func:`_chunks`)."""
+    data = bytearray()
+    for chunk in _chunks(stream, dtype, shape, path, key):
         data += chunk
     flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape))
     return flat.reshape(shape, order="F" if fortran_order else "C")
@@ -222,17 +232,10 @@ class StreamedArray:
 
 
 def _stream_facts(stream: IO[bytes], dtype: np.dtype, shape: tuple[int, ...], path: PathType, key: str) -> StreamedArray:
-    """Read the array body in bounded chunks, keeping only the counts the rules need."""
-    declared = math.prod(shape) * dtype.itemsize
-    step = max(dtype.itemsize, _CHUNK_BYTES - _CHUNK_BYTES % dtype.itemsize)
-    nan = inf = negative = read = 0
+    """Read the array body in bounded chunks (see :func:`_chunks`), keeping only the counts the rules need."""
+    nan = inf = negative = 0
     smallest = 0.0
-    while read < declared:
-        chunk = stream.read(min(step, declared - read))
-        if not chunk or len(chunk) % dtype.itemsize:
-            _fail(path, key, "the .npy header declares more data than the member holds (truncated or forged)",
-                  f"shape {shape} of {dtype}: {declared} bytes declared, {read + len(chunk)} present")
-        read += len(chunk)
+    for chunk in _chunks(stream, dtype, shape, path, key):
         values = np.frombuffer(chunk, dtype=dtype)
         if dtype.kind in "fc":
             nan += int(np.count_nonzero(np.isnan(values)))
