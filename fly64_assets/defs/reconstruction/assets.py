@@ -20,10 +20,11 @@ same reason, so a backfill ends successful and the gap is visible on that partit
 DATA-001 fails its partition, with an ERROR check listing every violation.
 """
 
+import functools
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -145,9 +146,19 @@ def _save(dataset: Dataset, result: ReconstructionResult, out_dir: Path) -> tupl
     return npz_path, preview_path, preview
 
 
+LoadValid = Callable[[Path], tuple[dict, dict]]
+
+
+def _partition_loader() -> LoadValid:
+    """``load_valid`` remembered for one partition: its input file (and its split's Phase C file, for the
+    scoring box) is decompressed and validated once for both the reconstruction and the score. A new one per
+    partition, so at most two files are held."""
+    return functools.lru_cache(maxsize=2)(load_valid)
+
+
 def _reconstruct_partition(
     context: AssetExecutionContext, dataset: Dataset, config: ReconstructionConfig, device: str, study_paths: StudyPaths,
-    cpu_threads: int,
+    cpu_threads: int, load: LoadValid,
 ) -> Iterator:
     """Reconstruct one partition (or record its skip); yields its materialization and check result."""
     key = dataset.partition_key
@@ -159,7 +170,7 @@ def _reconstruct_partition(
         yield _check(key, False, AssetCheckSeverity.WARN, reason, missing_check_metadata())
         return
     try:
-        arrays, metadata = load_valid(input_path)
+        arrays, metadata = load(input_path)
     except ContractError as error:
         yield _check(key, False, AssetCheckSeverity.ERROR, str(error), violations_check_metadata(input_path, error.violations))
         raise PartitionFailed(f"{input_path} breaks DATA-001:\n{error}") from error
@@ -235,7 +246,9 @@ def _reconstruct_partition(
 PHASE_C_SCAN_AREA = "phase_c_scan"
 
 
-def scoring_box(study_paths: StudyPaths, dataset: Dataset, own_positions: dict) -> tuple[tuple[float, ...], str]:
+def scoring_box(
+    study_paths: StudyPaths, dataset: Dataset, own_positions: dict, load: LoadValid = load_valid
+) -> tuple[tuple[float, ...], str]:
     """(box, area): the probe-centre bounding box of the split's Phase C scan, so every view of a split is
     scored on the same region (a thinned view is judged on the area the full scan covers), and
     ``PHASE_C_SCAN_AREA``. When the Phase C file is absent or breaks DATA-001 (a sibling's problem, which must
@@ -243,7 +256,7 @@ def scoring_box(study_paths: StudyPaths, dataset: Dataset, own_positions: dict) 
     baseline = study_paths.input_path(Dataset(dataset.dose, "baseline", dataset.split))
     area = PHASE_C_SCAN_AREA
     try:
-        positions = load_valid(baseline)[0]
+        positions = load(baseline)[0]
     except ContractError as error:
         positions = own_positions
         problem = "is absent" if not baseline.exists() else f"breaks DATA-001 ({error.violations[0]})"
@@ -252,7 +265,7 @@ def scoring_box(study_paths: StudyPaths, dataset: Dataset, own_positions: dict) 
     return (float(ys.min()), float(ys.max()), float(xs.min()), float(xs.max())), area
 
 
-def _score_partition(dataset: Dataset, study_paths: StudyPaths) -> Iterator:
+def _score_partition(dataset: Dataset, study_paths: StudyPaths, load: LoadValid) -> Iterator:
     """Score one partition's saved reconstruction against the truth (or carry its skip through)."""
     from fly64_assets.core.quality import align_to_truth, score  # scipy, scikit-image: only where a step scores
 
@@ -267,10 +280,10 @@ def _score_partition(dataset: Dataset, study_paths: StudyPaths) -> Iterator:
     reconstruction = read_record(out_dir, RECONSTRUCTION_RECORD)
     if reconstruction is None:
         raise PartitionFailed(f"no reconstruction to score in {out_dir}: materialize ptychi_reconstruction {key} first")
-    arrays, _ = load_valid(input_path)
+    arrays, _ = load(input_path)
     with np.load(reconstruction["reconstruction_path"], allow_pickle=False) as saved:
         recon = saved["reconstructed_object"]
-    box, area = scoring_box(study_paths, dataset, arrays)
+    box, area = scoring_box(study_paths, dataset, arrays, load)
     aligned = align_to_truth(recon, arrays["objectGuess"], tuple(reconstruction["object_origin_yx"]), box)
     metrics = score(aligned.recon, aligned.truth, aligned.shift_yx)
     aligned_path = out_dir / QUALITY_FILE
@@ -327,11 +340,12 @@ def ptychi_reconstruction(context: AssetExecutionContext, config: Reconstruction
     with placed_device(config.device) as device:
         for key in context.partition_keys:
             dataset = Dataset.from_partition_key(key)
+            load = _partition_loader()
             try:
                 if RECONSTRUCTION in selected:
-                    yield from _reconstruct_partition(context, dataset, config, device, study_paths, cpu_threads)
+                    yield from _reconstruct_partition(context, dataset, config, device, study_paths, cpu_threads, load)
                 if QUALITY in selected:
-                    yield from _score_partition(dataset, study_paths)
+                    yield from _score_partition(dataset, study_paths, load)
             except PartitionFailed as error:
                 failures[key] = str(error)
                 context.log.error(f"{key} failed: {error}")
