@@ -247,9 +247,8 @@ def test_a_small_study_on_a_real_dask_cluster_runs_every_reconstruction_on_the_g
     with _dask_cluster(tmp_path / "logs") as connect:
         # The local reference: the same study, executed in this process, while the workers start.
         with instance_for_test(temp_dir=str(tmp_path / "local_home")) as local_instance:
-            local_outputs = [launch.reconstruct(local_paths, plan.selected, options, local_instance, lambda line: None),
-                             launch.summarize(local_paths, plan.filters, local_instance)]
-        local = local_outputs[1]
+            launch.reconstruct(local_paths, plan.selected, options, local_instance, lambda line: None)
+            local = launch.summarize(local_paths, plan.filters, local_instance)
 
         client, workers = connect()
         assert set(workers) == {"gpu-0", "cpu-0"}

@@ -14,7 +14,7 @@ worker per GPU with ``--resources GPU=1``), because the reconstruction step carr
 
 from __future__ import annotations
 
-import json
+import copy
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -91,7 +91,7 @@ def dask_cluster_from_env(environ: Mapping[str, str] | None = None) -> dict:
         return {"existing": {"address": address}}
     if cluster_file:
         return load_cluster_file(Path(cluster_file))
-    return json.loads(json.dumps(LOCAL_CLUSTER))
+    return copy.deepcopy(LOCAL_CLUSTER)
 
 
 def load_cluster_file(path: Path) -> dict:
