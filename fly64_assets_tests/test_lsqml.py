@@ -91,3 +91,16 @@ def test_cpu_threads_cap_torch_during_the_reconstruction_only(dense_like):
                 cpu_threads=1)
     assert seen == [1, 1]
     assert torch.get_num_threads() == 2
+
+
+def test_snapshots_give_the_object_every_few_epochs_and_at_the_end(dense_like):
+    snapshots = []
+    result = reconstruct(
+        dense_like["diffraction"], dense_like["probeGuess"], dense_like["ycoords"], dense_like["xcoords"],
+        ReconstructionOptions(epochs=5, device="cpu"), snapshot_every=2,
+        on_snapshot=lambda epoch, obj, origin: snapshots.append((epoch, obj, origin)),
+    )
+    assert [epoch for epoch, _, _ in snapshots] == [2, 4, 5]
+    assert all(origin == result.object_origin_yx for _, _, origin in snapshots)
+    assert np.array_equal(snapshots[-1][1], result.object)
+    assert not np.array_equal(snapshots[0][1], result.object)  # a copy of the object then, not a view of it

@@ -178,10 +178,10 @@ def test_out_of_memory_retries_with_half_the_batch_then_fails_clearly(monkeypatc
     arrays = simulate_split("demo", 100000, "train")
     real_run = lsqml._run_lsqml
 
-    def run_fitting_only_small_batches(data, options, device, batch_size, on_epoch, cpu_threads=None):
+    def run_fitting_only_small_batches(data, options, device, batch_size, *args):
         if batch_size > 12:
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        return real_run(data, options, device, batch_size, on_epoch, cpu_threads)
+        return real_run(data, options, device, batch_size, *args)
 
     monkeypatch.setattr(lsqml, "_run_lsqml", run_fitting_only_small_batches)
     options = ReconstructionOptions(epochs=2, device="cpu")

@@ -24,6 +24,11 @@ logger = logging.getLogger(__name__)
 EpochCallback = Callable[[int, float], None]
 """Called after every epoch with (epoch number from 1, loss); raising from it stops the run."""
 
+SnapshotCallback = Callable[[int, np.ndarray, tuple[float, float]], None]
+"""Called every ``snapshot_every`` epochs (and after the last) with (epoch, the object so far as complex64,
+``object_origin_yx``): e.g. to score convergence against a known truth. Copying the object off the device
+costs a few milliseconds, so it is only done when asked for."""
+
 
 class DeviceUnavailableError(RuntimeError):
     """The requested torch device does not exist on this machine."""
@@ -185,7 +190,16 @@ def _prepare(diffraction_amplitude, probe_guess, ycoords, xcoords) -> _Prepared:
     )
 
 
-def _run_lsqml(data: _Prepared, options: ReconstructionOptions, device, batch_size: int, on_epoch, cpu_threads=None):
+def _object_origin_yx(data: _Prepared, task) -> tuple[float, float]:
+    """Where pixel [0, 0] of the task's object lies in the input frame."""
+    origin = task.object.pos_origin_coords.detach().cpu().numpy()
+    return data.center_yx[0] - float(origin[0]), data.center_yx[1] - float(origin[1])
+
+
+def _run_lsqml(
+    data: _Prepared, options: ReconstructionOptions, device, batch_size: int, on_epoch, cpu_threads=None,
+    snapshot: tuple[int, SnapshotCallback] | None = None,
+):
     """One attempt: build the task, run every epoch, return (object, probe, losses, origin, device)."""
     from ptychi.api.task import PtychographyTask
 
@@ -199,15 +213,17 @@ def _run_lsqml(data: _Prepared, options: ReconstructionOptions, device, batch_si
             probe_position_x_px=data.positions_yx[:, 1],
             probe_position_y_px=data.positions_yx[:, 0],
         )
+        origin_yx = _object_origin_yx(data, task)
         for epoch in range(1, options.epochs + 1):
             task.run(1)
             losses.append(float(task.reconstructor.loss_tracker.table["loss"].iloc[-1]))
             if on_epoch is not None:
                 on_epoch(epoch, losses[-1])
+            if snapshot is not None and (epoch % snapshot[0] == 0 or epoch == options.epochs):
+                snapshot[1](epoch, task.get_data_to_cpu("object", as_numpy=True)[0].astype(np.complex64), origin_yx)
         obj = task.get_data_to_cpu("object", as_numpy=True)[0].astype(np.complex64)
         probe = task.get_data_to_cpu("probe", as_numpy=True)[0].astype(np.complex64)
-        origin = task.object.pos_origin_coords.detach().cpu().numpy()
-        return obj, probe, losses, origin, str(task.object.data.device)
+        return obj, probe, losses, origin_yx, str(task.object.data.device)
 
 
 def reconstruct(
@@ -218,6 +234,8 @@ def reconstruct(
     options: ReconstructionOptions = ReconstructionOptions(),
     on_epoch: EpochCallback | None = None,
     cpu_threads: int | None = None,
+    snapshot_every: int = 0,
+    on_snapshot: SnapshotCallback | None = None,
 ) -> ReconstructionResult:
     """Reconstruct one dataset with pty-chi LSQML, epoch by epoch.
 
@@ -226,19 +244,21 @@ def reconstruct(
     absent. A CUDA out-of-memory error restarts the run with half the batch size, at most
     ``MAX_OOM_RETRIES`` times, then raises GpuOutOfMemoryError naming the sizes tried. ``cpu_threads`` caps
     torch's threads for a CPU reconstruction (None: torch's default, every core), so that reconstructions
-    running side by side share the cores instead of oversubscribing them.
+    running side by side share the cores instead of oversubscribing them. ``on_snapshot`` gets the object every
+    ``snapshot_every`` epochs and after the last (see ``SnapshotCallback``).
     """
     import torch
 
     device = resolve_device(options.device)
     data = _prepare(diffraction_amplitude, probe_guess, ycoords, xcoords)
     batch_size = balanced_batch_size(len(data.intensities), options.batch_size)
+    snapshot = (snapshot_every, on_snapshot) if snapshot_every > 0 and on_snapshot is not None else None
     tried: list[int] = []
     start = time.perf_counter()
     while True:
         tried.append(batch_size)
         try:
-            obj, probe, losses, origin, ran_on = _run_lsqml(data, options, device, batch_size, on_epoch, cpu_threads)
+            obj, probe, losses, origin, ran_on = _run_lsqml(data, options, device, batch_size, on_epoch, cpu_threads, snapshot)
             break
         except torch.OutOfMemoryError as error:
             if device.type == "cuda":
@@ -257,6 +277,6 @@ def reconstruct(
         device=ran_on,
         n_patterns=int(data.intensities.shape[0]),
         options=options,
-        object_origin_yx=(data.center_yx[0] - float(origin[0]), data.center_yx[1] - float(origin[1])),
+        object_origin_yx=origin,
         batch_sizes_tried=tuple(tried),
     )
