@@ -4,7 +4,8 @@ A tiny study (the demo synthetic tree, 5 LSQML epochs) is served by ``dagster de
 ``DAGSTER_HOME``. The test launches the backfill exactly as the UI's "Materialize all" dialog does (GraphQL
 ``launchPartitionBackfill`` with the five assets and all 18 partition keys), waits for the daemon to finish it,
 checks the outcome through GraphQL, then opens the asset graph, the reconstruction's partitions and checks, and
-the study report in headless Chromium and asserts what a person would see there. Screenshots go to
+the study report in headless Chromium (Debian's, driven by Playwright: no browser download) and asserts what a
+person would see there. Screenshots go to
 ``$FLY64_TEST_ARTIFACTS`` (default ``test-artifacts/ui`` in the project, git-ignored), with the server's log.
 
 Without Chromium the test is skipped, unless ``CI`` is set: then it fails (``.ci/run`` installs Chromium).
@@ -20,6 +21,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from playwright.sync_api import Page, expect, sync_playwright
 
 from fly64_assets.core.bookkeeping import RECONSTRUCTED, SKIPPED
 from fly64_assets.core.design import ALL_DATASETS, DOSES
@@ -36,7 +38,6 @@ from fly64_assets_tests.dagster_dev import (
     run_ui_backfill,
     study_environment,
 )
-from fly64_assets_tests.ui_helpers import Chromium, find_chromium
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS_ENV = "FLY64_TEST_ARTIFACTS"
@@ -48,7 +49,9 @@ SKIP_REASON = "sparse view not written by Phase D"
 SPARSE_KEYS = sorted(dataset.partition_key for dataset in ALL_DATASETS if dataset.view == "sparse")
 EPOCHS = "5"
 BACKFILL_TIMEOUT_S = 900.0
-VIEWPORT = (1920, 1080)
+VIEWPORT = {"width": 1920, "height": 1080}
+CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome")
+PAGE_TIMEOUT_MS = 90_000
 
 PARTITION_STATS = """
 query Stats($key: AssetKeyInput!) {
@@ -57,13 +60,37 @@ query Stats($key: AssetKeyInput!) {
   }
 }"""
 
-
+# True once the page's visible text has not changed for `quietMs` (spinners gone, data loaded).
+TEXT_UNCHANGED_FOR = """quietMs => {
+    const text = document.body ? document.body.innerText : '';
+    const seen = window.__fly64Settle;
+    if (!seen || seen.text !== text) {
+        window.__fly64Settle = {text, since: performance.now()};
+        return false;
+    }
+    return performance.now() - seen.since >= quietMs;
+}"""
+DECODED_REPORT_IMAGES = (
+    "[...document.querySelectorAll('img[src^=\"data:image/png\"]')].filter(i => i.complete && i.naturalWidth > 0).length"
+)
 
 
 def artifacts_dir() -> Path:
     folder = Path(os.environ.get(ARTIFACTS_ENV) or REPO_ROOT / "test-artifacts" / "ui")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def find_chromium() -> str | None:
+    """The Chromium executable (env FLY64_CHROMIUM, else the first of the usual names on PATH)."""
+    configured = os.environ.get("FLY64_CHROMIUM")
+    if configured:
+        return configured if Path(configured).exists() else shutil.which(configured)
+    for name in CHROMIUM_CANDIDATES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
 
 
 def chromium_or_skip() -> str:
@@ -121,20 +148,39 @@ def ui_study(tmp_path_factory) -> UIStudy:
 
 
 @pytest.fixture(scope="module")
-def browser(ui_study, tmp_path_factory):
-    chrome = Chromium(chromium_or_skip(), tmp_path_factory.mktemp("chromium_profile"), *VIEWPORT)
-    try:
-        yield chrome
-    finally:
-        chrome.close()
+def page(ui_study):
+    """One page of Debian's headless Chromium, driven by Playwright (which stops the browser and its driver)."""
+    with sync_playwright() as playwright:
+        # --no-sandbox: CI runs as root.
+        browser = playwright.chromium.launch(
+            executable_path=chromium_or_skip(), args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"], headless=True
+        )
+        try:
+            page = browser.new_page(viewport=VIEWPORT)
+            page.set_default_timeout(PAGE_TIMEOUT_MS)
+            yield page
+        finally:
+            browser.close()
 
 
-def open_page(browser: Chromium, study: UIStudy, path: str, *needles: str) -> str:
+def visible_text(page: Page) -> str:
+    """What a person reads: the page's visible text."""
+    return page.locator("body").inner_text()
+
+
+def wait_for_text(page: Page, *needles: str, timeout_ms: float = 60_000) -> str:
+    """Wait until every needle is in the visible text, then until that text has stopped changing; returns it."""
+    for needle in needles:
+        expect(page.locator("body")).to_contain_text(needle, use_inner_text=True, timeout=timeout_ms)
+    page.evaluate("delete window.__fly64Settle")
+    page.wait_for_function(TEXT_UNCHANGED_FOR, arg=1500, polling=250, timeout=30_000)
+    return visible_text(page)
+
+
+def open_page(page: Page, study: UIStudy, path: str, *needles: str) -> str:
     """Go to a UI page, wait until it shows every needle and has stopped changing; returns its visible text."""
-    browser.navigate(study.server.url + path)
-    browser.wait_for_text(*needles, timeout_s=90)
-    browser.wait_until_settled()
-    return browser.text()
+    page.goto(study.server.url + path, wait_until="load")
+    return wait_for_text(page, *needles, timeout_ms=PAGE_TIMEOUT_MS)
 
 
 # --- the backfill, through GraphQL ----------------------------------------------------------------------
@@ -198,79 +244,74 @@ def test_skips_reach_the_summaries_and_the_report(ui_study):
 # --- what a person sees ---------------------------------------------------------------------------------
 
 
-def test_asset_graph_shows_the_study(ui_study, browser):
-    open_page(browser, ui_study, "/asset-groups", "inputs", "reconstruction", "summaries", "report")
-    browser.press_key("e", "KeyE", 69, alt=True)  # the graph's "Expand all groups" shortcut (⌥E)
-    text = browser.wait_for_text("phase_c_patched", "skip_summary", "study_report", "18 partitions")
-    browser.wait_until_settled()
-    browser.screenshot(ui_study.shots / "01_asset_graph.png")
+def test_asset_graph_shows_the_study(ui_study, page):
+    open_page(page, ui_study, "/asset-groups", "inputs", "reconstruction", "summaries", "report")
+    page.keyboard.press("Alt+KeyE")  # the graph's "Expand all groups" shortcut (⌥E)
+    text = wait_for_text(page, "phase_c_patched", "skip_summary", "study_report", "18 partitions")
+    page.screenshot(path=ui_study.shots / "01_asset_graph.png")
     assert "Materialize all (5)" in text
     assert text.count("18 partitions") >= 2  # ptychi_reconstruction and reconstruction_quality
     assert "100% filled" in text
     assert "Failed" not in text
 
 
-def test_partitions_page_shows_18_partitions_all_materialized(ui_study, browser):
+def test_partitions_page_shows_18_partitions_all_materialized(ui_study, page):
     text = open_page(
-        browser, ui_study, f"/assets/{RECONSTRUCTION}?view=partitions", "18 Partitions Selected", "Materialized (18)"
+        page, ui_study, f"/assets/{RECONSTRUCTION}?view=partitions", "18 Partitions Selected", "Materialized (18)"
     )
-    browser.screenshot(ui_study.shots / "02_reconstruction_partitions.png")
+    page.screenshot(path=ui_study.shots / "02_reconstruction_partitions.png")
     for label in ("Failed (0)", "Materializing (0)", "Missing (0)"):
         assert label in text
     for key in ("1000", "10000", "100000", "baseline_train", "baseline_test", "dense_train", "dense_test", "sparse_train", "sparse_test"):
         assert key in text.split("\n"), key
 
 
-def test_skipped_partition_page_shows_the_reason(ui_study, browser):
+def test_skipped_partition_page_shows_the_reason(ui_study, page):
     key = "1000|sparse_train"
-    text = open_page(browser, ui_study, f"/assets/{RECONSTRUCTION}?view=partitions&partition={quote(key, safe='')}", key, SKIP_REASON)
-    browser.screenshot(ui_study.shots / "03_skipped_partition_1000_sparse_train.png")
+    text = open_page(page, ui_study, f"/assets/{RECONSTRUCTION}?view=partitions&partition={quote(key, safe='')}", key, SKIP_REASON)
+    page.screenshot(path=ui_study.shots / "03_skipped_partition_1000_sparse_train.png")
     lines = [line.strip() for line in text.split("\n") if line.strip()]
     assert SKIPPED in lines, "the partition's metadata shows status skipped"
     assert "sparse_train.npz absent" in text
 
 
-def test_reconstructed_partition_page_shows_its_preview(ui_study, browser):
+def test_reconstructed_partition_page_shows_its_preview(ui_study, page):
     key = "100000|baseline_train"
-    open_page(browser, ui_study, f"/assets/{RECONSTRUCTION}?view=partitions&partition={quote(key, safe='')}", key, "final_loss", "preview")
-    browser.screenshot(ui_study.shots / "04_reconstructed_partition_100000_baseline_train.png")
-    assert RECONSTRUCTED in browser.text().split("\n")
+    text = open_page(page, ui_study, f"/assets/{RECONSTRUCTION}?view=partitions&partition={quote(key, safe='')}", key, "final_loss", "preview")
+    page.screenshot(path=ui_study.shots / "04_reconstructed_partition_100000_baseline_train.png")
+    assert RECONSTRUCTED in text.split("\n")
 
 
-def test_checks_tab_lists_six_warnings_and_twelve_passes(ui_study, browser):
-    open_page(browser, ui_study, f"/assets/{RECONSTRUCTION}?view=checks", INPUT_CHECK, "Execution history")
-    browser.screenshot(ui_study.shots / "05_input_check_overview.png")
-    assert browser.click_text("Execution history")
-    text = browser.wait_for_text("DATA-001 satisfied", SKIP_REASON)
-    browser.wait_until_settled()
-    text = browser.text()
-    browser.screenshot(ui_study.shots / "06_input_check_history.png", full_page=True)
+def test_checks_tab_lists_six_warnings_and_twelve_passes(ui_study, page):
+    open_page(page, ui_study, f"/assets/{RECONSTRUCTION}?view=checks", INPUT_CHECK, "Execution history")
+    page.screenshot(path=ui_study.shots / "05_input_check_overview.png")
+    execution_history = page.get_by_text("Execution history", exact=True)
+    expect(execution_history).to_be_visible()
+    execution_history.click()
+    text = wait_for_text(page, "DATA-001 satisfied", SKIP_REASON)
+    page.screenshot(path=ui_study.shots / "06_input_check_history.png", full_page=True)
     assert text.count(SKIP_REASON) == 6, text
     assert text.count("DATA-001 satisfied") == 12, text
 
 
-def test_study_report_page_renders_its_images(ui_study, browser):
-    open_page(browser, ui_study, "/assets/study_report", "headline", "[Show Markdown]")
-    browser.screenshot(ui_study.shots / "07_study_report.png")
-    assert browser.click_text("[Show Markdown]")
-    browser.wait_for_text("FRC resolution against dose", "Quality per job")
-    browser.wait_for(
-        lambda: browser.evaluate(
-            "[...document.querySelectorAll('img[src^=\"data:image/png\"]')].filter(i => i.complete && i.naturalWidth > 0).length"
-        )
-        >= 2,
-        "the report's images decoded",
-    )
-    images = browser.evaluate(
+def test_study_report_page_renders_its_images(ui_study, page):
+    open_page(page, ui_study, "/assets/study_report", "headline", "[Show Markdown]")
+    page.screenshot(path=ui_study.shots / "07_study_report.png")
+    show_markdown = page.get_by_text("[Show Markdown]", exact=True)
+    expect(show_markdown).to_be_visible()
+    show_markdown.click()
+    wait_for_text(page, "FRC resolution against dose", "Quality per job")
+    page.wait_for_function(f"({DECODED_REPORT_IMAGES}) >= 2", timeout=60_000)  # the report's images decoded
+    images = page.evaluate(
         "[...document.querySelectorAll('img[src^=\"data:image/png\"]')]"
         ".map(i => ({alt: i.alt, width: i.naturalWidth, height: i.naturalHeight, shown: i.getBoundingClientRect().width}))"
     )
     by_name = {image["alt"]: image for image in images}
     assert {"metrics_vs_dose.png", "resolution_vs_dose.png", "phase_grid.png"} <= set(by_name), images
     assert all(image["width"] > 100 and image["height"] > 100 and image["shown"] > 100 for image in by_name.values()), images
-    browser.evaluate("document.querySelector('img[alt=\"metrics_vs_dose.png\"]').scrollIntoView({block: 'center'})")
-    browser.screenshot(ui_study.shots / "08_study_report_markdown.png")
-    browser.evaluate("document.querySelector('img[alt=\"phase_grid.png\"]').scrollIntoView({block: 'center'})")
-    browser.screenshot(ui_study.shots / "09_study_report_phase_grid.png")
-    text = browser.text()
+    page.locator('img[alt="metrics_vs_dose.png"]').evaluate("image => image.scrollIntoView({block: 'center'})")
+    page.screenshot(path=ui_study.shots / "08_study_report_markdown.png")
+    page.locator('img[alt="phase_grid.png"]').evaluate("image => image.scrollIntoView({block: 'center'})")
+    page.screenshot(path=ui_study.shots / "09_study_report_phase_grid.png")
+    text = visible_text(page)
     assert text.count(SKIP_REASON) == 6, "the report's table lists each skipped job with its reason"
