@@ -1,22 +1,28 @@
-"""The study's answer, end to end through Dagster: quality against the truth improves with dose."""
+"""The study's answer, end to end through Dagster: quality against the truth improves with dose in both
+replicates (the train and test splits), and every reconstruction's convergence against the truth is recorded."""
 
 import csv
 import io
 import os
 from pathlib import Path
 
-from fly64_assets.core.bookkeeping import plan_study
+import pytest
+from dagster import AssetKey, AssetRecordsFilter
+
+from fly64_assets.core.bookkeeping import QUALITY_RECORD, RECONSTRUCTION_RECORD, plan_study, read_record
 from fly64_assets import launch
 from fly64_assets.core.options import ReconstructionOptions
-from fly64_assets.core.design import select_datasets
+from fly64_assets.core.design import Dataset, select_datasets
 
 REPORT_EPOCHS = 50
+CONVERGENCE_EVERY = 10
+"""``ReconstructionConfig.convergence_every``'s default."""
 
 
 def test_baseline_quality_improves_with_dose_and_the_report_shows_it(study_paths, instance):
     saved_umask = os.umask(0o022)  # what a beamline account usually has: outputs must then be 0644
-    plan = plan_study(select_datasets(views=["baseline"], splits=["train"]), study_paths.input_path,
-                      {"dose": [], "view": ["baseline"], "split": ["train"]})
+    plan = plan_study(select_datasets(views=["baseline"]), study_paths.input_path,
+                      {"dose": [], "view": ["baseline"], "split": []})
     try:
         study_report = launch.run_study(study_paths, plan, ReconstructionOptions(epochs=REPORT_EPOCHS), instance,
                                         progress=lambda line: None)["study_report"]
@@ -24,23 +30,58 @@ def test_baseline_quality_improves_with_dose_and_the_report_shows_it(study_paths
         os.umask(saved_umask)
 
     rows = {(r["dose"], r["view"], r["split"]): r for r in study_report["rows"]}
-    baseline = [rows[(dose, "baseline", "train")] for dose in (1000, 10000, 100000)]
-    assert all(row["status"] == "succeeded" for row in baseline)
-    ssim = [row["phase_ssim"] for row in baseline]
-    mae = [row["phase_mae"] for row in baseline]
-    assert ssim[0] < ssim[1] < ssim[2], ssim
-    assert mae[0] > mae[1] > mae[2], mae
-    assert baseline[0]["frc_resolution_px"] > baseline[2]["frc_resolution_px"]
+    for split in ("train", "test"):  # two independent replicates: each must show the dose dependence
+        baseline = [rows[(dose, "baseline", split)] for dose in (1000, 10000, 100000)]
+        assert all(row["status"] == "succeeded" for row in baseline)
+        ssim = [row["phase_ssim"] for row in baseline]
+        mae = [row["phase_mae"] for row in baseline]
+        assert ssim[0] < ssim[1] < ssim[2], (split, ssim)
+        assert mae[0] > mae[1] > mae[2], (split, mae)
+        assert baseline[0]["frc_resolution_px"] > baseline[2]["frc_resolution_px"], split
     assert rows[(1000, "sparse", "train")]["status"] != "succeeded"  # skips stay skips in the report
-    assert "baseline phase SSIM" in study_report["headline"]
+    summary = {(s["dose"], s["view"]): s for s in study_report["summary"]}
+    for dose in (1000, 10000, 100000):
+        entry = summary[(dose, "baseline")]
+        train, test = rows[(dose, "baseline", "train")]["phase_mae"], rows[(dose, "baseline", "test")]["phase_mae"]
+        assert entry["n_replicates"] == 2
+        assert entry["phase_mae_mean"] == pytest.approx((train + test) / 2)
+        assert entry["phase_mae_spread"] == pytest.approx(abs(train - test) / 2)
+    fit = study_report["exponents"]["baseline"]
+    assert fit["n_replicates"] == 2 and fit["exponent"] < 0 and fit["uncertainty"] is not None
+    headline = study_report["headline"]
+    assert "baseline phase error falls from" in headline and "expected -1/4" in headline
+    assert f"{summary[(1000, 'baseline')]['phase_mae_mean']:.3f} ± {summary[(1000, 'baseline')]['phase_mae_spread']:.3f} rad" in headline
+
+    # convergence: every reconstruction scored against the truth every 10 epochs and after the last
+    for dose in (1000, 10000, 100000):
+        for split in ("train", "test"):
+            folder = study_paths.artifact_dir(Dataset(dose, "baseline", split))
+            curve = read_record(folder, RECONSTRUCTION_RECORD)["convergence"]
+            assert curve["epochs"] == list(range(CONVERGENCE_EVERY, REPORT_EPOCHS + 1, CONVERGENCE_EVERY))
+            assert curve["error"] is None
+            final = read_record(folder, QUALITY_RECORD)
+            assert curve["phase_mae"][-1] == pytest.approx(final["phase_mae"], rel=1e-6)  # the last snapshot is the result
+            assert curve["frc_resolution_px"][-1] == pytest.approx(final["frc_resolution_px"], rel=1e-6)
+            if dose == 100000:  # plenty of photons: the error keeps falling from the first snapshot to the last
+                assert curve["phase_mae"][-1] < curve["phase_mae"][0], (split, curve["phase_mae"])
+    (event,) = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("ptychi_reconstruction"), asset_partitions=["100000|baseline_test"]), limit=1
+    ).records
+    metadata_curve = event.asset_materialization.metadata["convergence"].value
+    assert metadata_curve["epochs"] == curve["epochs"] and metadata_curve["phase_mae"] == curve["phase_mae"]
+    assert len(study_report["convergence_notes"]) == 3 and study_report["convergence_notes"][2].startswith("At 1e5")
 
     report_dir = Path(study_paths.artifact_root) / "report"
     html = (report_dir / "study_report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3  # self-contained: every image inline
+    assert html.count("data:image/png;base64,") == 4  # self-contained: every image inline
     assert 'src="http' not in html and "<link" not in html
+    assert "Convergence against the truth" in html and " ± " in html
     table = list(csv.DictReader(io.StringIO((report_dir / "quality.csv").read_text())))
-    assert len(table) == 18
-    assert {p.name for p in report_dir.iterdir()} >= {"phase_grid.png", "metrics_vs_dose.png", "resolution_vs_dose.png", "quality.md"}
+    assert len(table) == 18 and "phase_mae_spread" in table[0]
+    assert len(list(csv.DictReader(io.StringIO((report_dir / "quality_summary.csv").read_text())))) == 9
+    assert {p.name for p in report_dir.iterdir()} >= {
+        "phase_grid.png", "metrics_vs_dose.png", "resolution_vs_dose.png", "convergence.png", "quality.md", "quality_summary.md"
+    }
 
     # Every output, of every kind, readable by colleagues as the umask allows: 0644, none left private.
     outputs = [path for path in Path(study_paths.artifact_root).rglob("*") if path.is_file()]

@@ -13,6 +13,17 @@ dropped), a CSV and a Markdown table, the FRC resolution's dose exponent beside 
 expectation ``d ∝ D^(-1/4)``, figures (PNG bytes), a self-contained HTML page and Markdown for the
 Dagster UI.
 
+Replicates: the train and test splits are independent halves of each (dose, view) dataset, i.e. two
+replicates. Every metric is summarised per (dose, view) as both values, their mean and the half-difference
+``|a - b| / 2`` as its spread (for two values this is exactly the standard error of their mean; the error bar
+mean ± spread spans the two values). The dose exponent is fitted to each split separately and reported as
+the mean ± half-difference of the two fits. A (dose, view) with one scored split shows that value, no
+spread, and says which split it is.
+
+Convergence: each reconstruction may carry its quality against the truth every few epochs (the
+reconstruction record's ``convergence``); :func:`convergence_png` draws it beside the loss curve and
+:func:`convergence_notes` says, from the data, whether the run was too short, long enough or too long.
+
 Pure NumPy and matplotlib (through :mod:`fly64_assets.core.figures`); no Dagster object is used here.
 """
 
@@ -30,7 +41,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
 from fly64_assets.core.figures import markdown_image, plt, png_bytes
-from fly64_assets.core.design import ALL_DATASETS, DOSES, VIEWS
+from fly64_assets.core.design import ALL_DATASETS, DOSES, SPLITS, VIEWS
 
 SUCCEEDED = "succeeded"
 """The status of a scored job (``bookkeeping.RECONSTRUCTED``)."""
@@ -91,8 +102,23 @@ VIEW_MARKER_SIZES: dict[str, float] = {"baseline": 9.0, "dense": 6.0, "sparse": 
 """Consistent per-view styles in every figure; the baseline is drawn widest so a view lying on top of it
 stays distinguishable."""
 
-ROW_KEYS: tuple[str, ...] = ("dose", "view", "split", "status", "n_patterns", *METRICS, "reason")
-"""The columns of a quality row (and of the CSV), in order."""
+REPLICATE_KEYS: tuple[str, ...] = ("n_replicates", *(f"{m}_{stat}" for m in METRICS for stat in ("mean", "spread")))
+"""Columns added after the job's own: how many splits of the job's (dose, view) were scored, and each metric's
+mean and half-difference over them (the same on the train and the test row; spread empty with one replicate)."""
+
+ROW_KEYS: tuple[str, ...] = ("dose", "view", "split", "status", "n_patterns", *METRICS, "reason", *REPLICATE_KEYS)
+"""The columns of a quality row (and of the CSV), in order: the job's own first (as before), then the
+replicate summary of its (dose, view)."""
+
+SUMMARY_KEYS: tuple[str, ...] = (
+    "dose",
+    "view",
+    "n_replicates",
+    "replicates",
+    *(f"{m}_{stat}" for m in METRICS for stat in (*SPLITS, "mean", "spread")),
+    "note",
+)
+"""The columns of a (dose, view) summary row (:func:`replicate_summary`, ``quality_summary.csv``)."""
 
 _UNAVAILABLE_FACE = "#d9d9d9"
 
@@ -126,6 +152,7 @@ def quality_rows(records: list[dict]) -> list[dict]:
     otherwise (a succeeded record lacking a metric gets None for it). A job with no record gets status
     ``"missing"`` and a reason saying so. Records may carry extra keys (``shift_yx``, paths); they are
     not copied. A record for a job outside the grid, or two records for one job, raise ValueError.
+    The :data:`REPLICATE_KEYS` columns repeat its (dose, view)'s :func:`replicate_summary`.
     """
     by_job: dict[tuple[int, str, str], dict] = {}
     grid = {(job.dose, job.view, job.split) for job in ALL_DATASETS}
@@ -154,8 +181,133 @@ def quality_rows(records: list[dict]) -> list[dict]:
             }
             for metric in METRICS:
                 row[metric] = _float_or_none(record.get(metric)) if status == SUCCEEDED else None
-        rows.append({key: row[key] for key in ROW_KEYS})
-    return rows
+        rows.append(row)
+    summary = {(s["dose"], s["view"]): s for s in replicate_summary(rows)}
+    for row in rows:
+        row.update({key: summary[(row["dose"], row["view"])][key] for key in REPLICATE_KEYS})
+    return [{key: row[key] for key in ROW_KEYS} for row in rows]
+
+
+# --------------------------------------------------------------------------------------------------
+# replicates: the train and test splits
+# --------------------------------------------------------------------------------------------------
+
+
+def _usable(value) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _absent_splits_text(split_rows: dict[str, dict | None], absent: list[str]) -> str:
+    """``"train and test skipped (reason)"``: the absent splits grouped by status, with their reason when the
+    group shares one (else a pointer to the per-job table, where each reason is)."""
+    groups: dict[str, list[tuple[str, str | None]]] = {}
+    for split in absent:
+        row = split_rows[split]
+        status, reason = (MISSING, MISSING_REASON) if row is None else (str(row["status"]), row.get("reason"))
+        groups.setdefault(status, []).append((split, reason))
+    parts = []
+    for status, members in groups.items():
+        reasons = {reason for _, reason in members if reason}
+        why = f" ({reasons.pop()})" if len(reasons) == 1 else " (reasons in the per-job table)" if reasons else ""
+        parts.append(f"{' and '.join(split for split, _ in members)} {status}{why}")
+    return "; ".join(parts)
+
+
+def replicate_summary(rows: list[dict]) -> list[dict]:
+    """One row per (dose, view) of the grid (dose, then view order): the two splits as replicates.
+
+    Keys :data:`SUMMARY_KEYS`. For each metric: ``<metric>_train`` and ``<metric>_test`` (None where that
+    split was not scored), ``<metric>_mean`` (the mean of the scored values) and ``<metric>_spread``
+    (``|train - test| / 2``, the standard error of the mean of two; None unless both were scored).
+    ``n_replicates`` counts the succeeded splits, ``replicates`` names them (``"train+test"``, ``"train"``,
+    ``""``), and ``note`` says why a split is absent (None when both were scored).
+    """
+    by_job = {(r["dose"], r["view"], r["split"]): r for r in rows}
+    out = []
+    for dose in DOSES:
+        for view in VIEWS:
+            split_rows = {split: by_job.get((dose, view, split)) for split in SPLITS}
+            scored = [s for s in SPLITS if split_rows[s] is not None and split_rows[s]["status"] == SUCCEEDED]
+            summary = {"dose": dose, "view": view, "n_replicates": len(scored), "replicates": "+".join(scored)}
+            for metric in METRICS:
+                values = {}
+                for split in SPLITS:
+                    value = split_rows[split].get(metric) if split in scored else None
+                    summary[f"{metric}_{split}"] = value if _usable(value) else None
+                    if _usable(value):
+                        values[split] = value
+                summary[f"{metric}_mean"] = float(np.mean(list(values.values()))) if values else None
+                summary[f"{metric}_spread"] = (
+                    abs(values[SPLITS[0]] - values[SPLITS[1]]) / 2.0 if len(values) == len(SPLITS) == 2 else None
+                )
+            absent = [s for s in SPLITS if s not in scored]
+            described = _absent_splits_text(split_rows, absent)
+            if not absent:
+                note = None
+            elif not scored:
+                note = f"no split scored: {described}"
+            else:
+                note = f"one replicate ({scored[0]} only, no spread): {described}"
+            summary["note"] = note
+            out.append({key: summary[key] for key in SUMMARY_KEYS})
+    return out
+
+
+def _decimals(value: float) -> int:
+    """Decimals that show ``value`` to 3 significant digits (0 for |value| >= 100)."""
+    if value == 0 or not math.isfinite(value):
+        return 3
+    return max(0, 2 - math.floor(math.log10(abs(value))))
+
+
+def format_replicates(
+    mean: float | None, spread: float | None, replicates: str = "", decimals: int | None = None, unit: str = ""
+) -> str:
+    """``"0.300 ± 0.005"``; one replicate: ``"0.300 (train only)"``; none: ``"n/a"``. The spread is shown
+    to the mean's decimals (3 significant digits of the mean unless ``decimals`` is given); ``unit`` follows
+    the number (``"0.300 ± 0.005 rad"``, ``"0.300 rad (train only)"``)."""
+    if mean is None:
+        return "n/a"
+    places = _decimals(mean) if decimals is None else decimals
+    unit = f" {unit}" if unit else ""
+    if spread is None:
+        only = f" ({replicates} only)" if replicates and "+" not in replicates else ""
+        return f"{mean:.{places}f}{unit}{only}"
+    return f"{mean:.{places}f} ± {spread:.{places}f}{unit}"
+
+
+def summary_to_csv(summary: list[dict]) -> str:
+    """CSV with header :data:`SUMMARY_KEYS`; empty cells for None."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(SUMMARY_KEYS)
+    for row in summary:
+        writer.writerow(["" if row.get(key) is None else row[key] for key in SUMMARY_KEYS])
+    return buffer.getvalue()
+
+
+def summary_to_markdown(summary: list[dict]) -> str:
+    """A Markdown pipe table, one row per (dose, view): each metric as mean ± half-difference of the
+    train and test splits (one value and the split's name where only one was scored), and a note."""
+    header = ["dose", "view", "splits scored", *(_metric_header(m) for m in METRICS), "note"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---:", "---", "---", *(["---:"] * len(METRICS)), "---"]) + "|",
+    ]
+    for row in summary:
+        cells = [
+            dose_label(row["dose"]),
+            row["view"],
+            row["replicates"].replace("+", " + ") if row["n_replicates"] else "**none**",
+            *(
+                format_replicates(row[f"{m}_mean"], row[f"{m}_spread"], row["replicates"])
+                if row[f"{m}_mean"] is not None
+                else ""
+                for m in METRICS
+            ),
+        ]
+        lines.append("| " + " | ".join(_md_cell(c) for c in cells) + f" | {_md_cell(row['note'] or '')} |")
+    return "\n".join(lines) + "\n"
 
 
 def rows_to_csv(rows: list[dict]) -> str:
@@ -249,28 +401,125 @@ def dose_exponents(rows: list[dict], split: str = "train") -> dict[str, dict]:
     return out
 
 
-def headline(rows: list[dict], view: str = "baseline", split: str = "train") -> str:
-    """One line: ``view``'s phase SSIM on ``split`` at each dose (or the job's status where it was not
-    scored) and its FRC resolution dose exponent beside the expected -0.25."""
-    parts = []
-    for dose in DOSES:
-        row = next((r for r in rows if r["dose"] == dose and r["view"] == view and r["split"] == split), None)
-        if row is None:
-            text = MISSING
-        elif row["status"] == SUCCEEDED and row.get("phase_ssim") is not None:
-            text = f"{row['phase_ssim']:.2f}"
+def dose_exponent_replicates(rows: list[dict]) -> dict[str, dict]:
+    """Per view, the FRC resolution's dose exponent with its uncertainty from the two replicates.
+
+    Method (chosen over a weighted fit of the means, which with two replicates would rest on spreads
+    estimated from two values each): :func:`dose_exponents` fits each split on its own; the exponent is the
+    mean of the two fitted exponents and its uncertainty their half-difference ``|a - b| / 2`` (the
+    standard error of the mean of two), the same rule as every metric's error bar. The prefactor is the
+    geometric mean of the two (the line is the mean of the two fitted lines in log-log). With one split
+    fitted: its exponent, uncertainty None, and ``note`` says which split. Returns ``{view: {"exponent",
+    "uncertainty", "prefactor", "n_points", "n_replicates", "replicates", "per_split", "n_at_floor",
+    "note"}}``; ``n_points`` is the largest number of doses fitted in one split; ``n_at_floor`` counts
+    fitted points at the 2 px Nyquist floor (bounds, not measurements: they flatten the slope).
+    """
+    per_split = {split: dose_exponents(rows, split) for split in SPLITS}
+    out: dict[str, dict] = {}
+    for view in VIEWS:
+        fits = {split: per_split[split][view] for split in SPLITS}
+        fitted = [split for split in SPLITS if fits[split]["exponent"] is not None]
+        exponents = [fits[split]["exponent"] for split in fitted]
+        n_at_floor = sum(
+            int(np.sum(np.isclose(_resolution_points(rows, view, split)[1], NYQUIST_RESOLUTION_PX))) for split in fitted
+        )
+        entry = {
+            "exponent": float(np.mean(exponents)) if exponents else None,
+            "uncertainty": abs(exponents[0] - exponents[1]) / 2.0 if len(exponents) == 2 else None,
+            "prefactor": float(np.exp(np.mean([np.log(fits[s]["prefactor"]) for s in fitted]))) if fitted else None,
+            "n_points": max((fits[split]["n_points"] for split in SPLITS), default=0),
+            "n_replicates": len(fitted),
+            "replicates": "+".join(fitted),
+            "per_split": fits,
+            "n_at_floor": n_at_floor,
+        }
+        if len(fitted) == 2:
+            entry["note"] = None
+        elif fitted:
+            entry["note"] = f"{fitted[0]} split only: no uncertainty"
         else:
-            text = row["status"]
-        parts.append(f"{dose_label(dose)} {text}")
-    fit = dose_exponents(rows, split)[view]
-    if fit["exponent"] is None:
-        exponent = f"n/a ({fit['n_points']} scored dose{'s' if fit['n_points'] != 1 else ''})"
+            entry["note"] = "fewer than two scored doses in either split"
+        out[view] = entry
+    return out
+
+
+def format_exponent(fit: dict) -> str:
+    """``"-0.23 ± 0.02"``, ``"-0.23 (train only)"`` or ``"n/a"``."""
+    if fit.get("exponent") is None:
+        return "n/a"
+    if fit.get("uncertainty") is None:
+        only = fit.get("replicates")
+        return f"{fit['exponent']:+.2f}" + (f" ({only} only)" if only else "")
+    return f"{fit['exponent']:+.2f} ± {fit['uncertainty']:.2f}"
+
+
+def _scored_doses(summary: list[dict], view: str, metric: str) -> list[dict]:
+    return [s for s in summary if s["view"] == view and s[f"{metric}_mean"] is not None]
+
+
+def _unscored_text(rows: list[dict], view: str) -> str:
+    """How a view's unscored doses ended: ``"skipped at 1e3, 1e4; missing at 1e5"``."""
+    by_status: dict[str, list[str]] = {}
+    for dose in DOSES:
+        statuses = {r["status"] for r in rows if r["dose"] == dose and r["view"] == view} or {MISSING}
+        if SUCCEEDED not in statuses:
+            by_status.setdefault("/".join(sorted(statuses)), []).append(dose_label(dose))
+    return "; ".join(f"{status} at {', '.join(doses)}" for status, doses in by_status.items())
+
+
+def _phase_error(s: dict) -> str:
+    return format_replicates(s["phase_mae_mean"], s["phase_mae_spread"], s["replicates"], decimals=3, unit="rad")
+
+
+def headline(rows: list[dict], view: str = "baseline") -> str:
+    """The study's answer in two sentences, with mean ± half-difference of the two splits throughout (a
+    value resting on one split says so: ``"0.300 rad (train only)"``):
+    how ``view``'s phase error changes from the lowest to the highest scored dose, its FRC resolution's
+    dose exponent beside the expected -1/4, and where each other view ends up (at its highest scored dose,
+    beside ``view`` there) or why it was not scored."""
+    summary = replicate_summary(rows)
+    fits = dose_exponent_replicates(rows)
+    scored = _scored_doses(summary, view, "phase_mae")
+    unscored = [dose_label(s["dose"]) for s in summary if s["view"] == view and s["phase_mae_mean"] is None]
+    gaps = f" ({', '.join(unscored)} not scored)" if unscored and scored else ""
+    if len(scored) >= 2:
+        first, last = scored[0], scored[-1]
+        verb = "falls" if last["phase_mae_mean"] < first["phase_mae_mean"] else "rises" if last["phase_mae_mean"] > first["phase_mae_mean"] else "stays"
+        lead = (
+            f"{view.capitalize()} phase error {verb} from {_phase_error(first)} at {dose_label(first['dose'])} "
+            f"to {_phase_error(last)} at {dose_label(last['dose'])} photons/pattern{gaps}"
+        )
+    elif scored:
+        lead = f"{view.capitalize()} phase error {_phase_error(scored[0])} at {dose_label(scored[0]['dose'])} photons/pattern, the only dose scored"
     else:
-        exponent = f"{fit['exponent']:.2f}"
-    return (
-        f"{view} phase SSIM ({split}) by dose: {' · '.join(parts)}; "
-        f"FRC resolution exponent {exponent} (expected {EXPECTED_DOSE_EXPONENT:.2f})"
-    )
+        lead = f"The {view} view was not scored at any dose ({_unscored_text(rows, view)})"
+    fit = fits[view]
+    if fit["exponent"] is not None:
+        resolution = f"FRC resolution scales as D^({format_exponent(fit)}), expected -1/4"
+    else:
+        resolution = f"the FRC resolution's dose exponent is n/a ({fit['note']}; expected -1/4)"
+    first_sentence = f"Over the train and test splits (mean ± half-difference), {lead[0].lower()}{lead[1:]}; {resolution}."
+
+    others = []
+    for other in VIEWS:
+        if other == view:
+            continue
+        other_scored = _scored_doses(summary, other, "phase_mae")
+        if not other_scored:
+            others.append(f"the {other} view was not scored ({_unscored_text(rows, other)})")
+            continue
+        top = other_scored[-1]
+        beside = next((s for s in scored if s["dose"] == top["dose"]), None)
+        text = f"the {other} view reaches {_phase_error(top)} at {dose_label(top['dose'])}"
+        if beside is not None:
+            text += f" ({view} {_phase_error(beside)})"
+        if fits[other]["exponent"] is not None:
+            text += f" and scales as D^({format_exponent(fits[other])})"
+        others.append(text)
+    if not others:
+        return first_sentence
+    second = "; ".join(others)
+    return f"{first_sentence} {second[0].upper()}{second[1:]}."
 
 
 # --------------------------------------------------------------------------------------------------
@@ -340,32 +589,80 @@ def _metric_axis_label(metric: str) -> str:
     return f"{METRIC_LABELS[metric]} ({unit})" if unit else METRIC_LABELS[metric]
 
 
-def metrics_vs_dose_png(rows: list[dict], split: str = "train") -> bytes:
-    """One panel per metric, dose on a log axis, one line per view (consistent colours). The legend
-    says how many doses each view has scored, so a view without data is visible as such."""
+def _metric_points(rows: list[dict], summary: list[dict] | None, view: str, metric: str, split: str | None):
+    """Per dose (``DOSES`` order): value (NaN where unscored), error (0 where none) and whether it rests on
+    one split only. ``split`` None: mean ± half-difference over the splits (``summary``); else that split."""
+    values, errors, single = [], [], []
+    for dose in DOSES:
+        if split is None:
+            entry = next(s for s in summary if s["dose"] == dose and s["view"] == view)
+            value, spread = entry[f"{metric}_mean"], entry[f"{metric}_spread"]
+            one = value is not None and spread is None
+        else:
+            row = next((r for r in rows if r["dose"] == dose and r["view"] == view and r["split"] == split), None)
+            value = row.get(metric) if row is not None and row["status"] == SUCCEEDED else None
+            spread, one = None, False
+        values.append(np.nan if value is None else value)
+        errors.append(0.0 if spread is None else spread)
+        single.append(one)
+    return np.array(values, dtype=float), np.array(errors, dtype=float), np.array(single, dtype=bool)
+
+
+def _view_style(view: str) -> dict:
+    return {
+        "color": VIEW_COLORS.get(view),
+        "marker": VIEW_MARKERS.get(view, "o"),
+        "markersize": VIEW_MARKER_SIZES.get(view, 6.0),
+        "linestyle": VIEW_LINESTYLES.get(view, "-"),
+        "linewidth": 2.5 if view == "baseline" else 1.5,
+    }
+
+
+def _draw_points(axis, doses, values, errors, single, view: str, with_line: bool = True) -> None:
+    """Values with error bars (capped; drawn only where there is a spread), hollow markers where the point
+    rests on one split, and the view's line through them when ``with_line``."""
+    style = _view_style(view)
+    has_error = errors > 0
+    axis.errorbar(
+        doses, values, yerr=np.where(has_error, errors, np.nan), fmt="none", ecolor=style["color"],
+        elinewidth=1.2, capsize=4, capthick=1.2, zorder=3,
+    )
+    if with_line:
+        axis.plot(doses, values, color=style["color"], linestyle=style["linestyle"], linewidth=style["linewidth"], zorder=2)
+    marker = {"marker": style["marker"], "markersize": style["markersize"], "linestyle": "none", "zorder": 4}
+    axis.plot(np.where(single, np.nan, doses), values, color=style["color"], **marker)
+    axis.plot(np.where(single, doses, np.nan), values, color=style["color"], markerfacecolor="white", markeredgewidth=1.5, **marker)
+
+
+_ONE_SPLIT_HANDLE_LABEL = "hollow: one split scored (no error bar)"
+
+
+def _one_split_handle() -> Line2D:
+    return Line2D([], [], color="#555555", marker="o", markerfacecolor="white", linestyle="none", markersize=7)
+
+
+def _replicates_caption(split: str | None) -> str:
+    return f"{split} split" if split is not None else "mean ± half-difference of the train and test splits"
+
+
+def metrics_vs_dose_png(rows: list[dict], split: str | None = None) -> bytes:
+    """One panel per metric, dose on a log axis, one line per view (consistent colours).
+
+    ``split`` None (the default): each point is the mean of the train and test splits with the
+    half-difference as its error bar (it spans the two values); a point resting on one split is drawn
+    hollow without a bar. A split's name: that split's values only. The legend says how many doses each
+    view has scored, so a view without data is visible as such."""
+    summary = replicate_summary(rows) if split is None else None
     n_cols = 4
     n_rows = math.ceil(len(METRICS) / n_cols)
-    figure, axes = plt.subplots(n_rows, n_cols, figsize=(3.6 * n_cols, 3.0 * n_rows + 0.6), squeeze=False)
-    handles = {}
+    figure, axes = plt.subplots(n_rows, n_cols, figsize=(3.6 * n_cols, 3.0 * n_rows + 0.7), squeeze=False)
+    doses = np.array(DOSES, dtype=float)
+    counts = {}
     for axis, metric in zip(axes.ravel(), METRICS):
         for view in VIEWS:
-            values = []
-            for dose in DOSES:
-                row = next((r for r in rows if r["dose"] == dose and r["view"] == view and r["split"] == split), None)
-                value = row.get(metric) if row is not None and row["status"] == SUCCEEDED else None
-                values.append(np.nan if value is None else value)
-            n_scored = int(np.sum(np.isfinite(values)))
-            (line,) = axis.plot(
-                DOSES,
-                values,
-                color=VIEW_COLORS.get(view),
-                marker=VIEW_MARKERS.get(view, "o"),
-                markersize=VIEW_MARKER_SIZES.get(view, 6.0),
-                linestyle=VIEW_LINESTYLES.get(view, "-"),
-                linewidth=2.5 if view == "baseline" else 1.5,
-                label=f"{view} ({n_scored}/{len(DOSES)} doses scored)",
-            )
-            handles[view] = line
+            values, errors, single = _metric_points(rows, summary, view, metric, split)
+            counts[view] = max(counts.get(view, 0), int(np.sum(np.isfinite(values))))
+            _draw_points(axis, doses, values, errors, single, view)
         axis.set_xscale("log")
         axis.set_xticks(DOSES, [dose_label(d) for d in DOSES])
         axis.set_xlim(min(DOSES) / 2, max(DOSES) * 2)
@@ -377,11 +674,14 @@ def metrics_vs_dose_png(rows: list[dict], split: str = "train") -> bytes:
         axis.grid(True, alpha=0.3)
     for axis in axes.ravel()[len(METRICS):]:
         axis.set_axis_off()
-    figure.suptitle(f"Reconstruction quality against dose ({split} split)", fontsize=13)
-    figure.tight_layout(rect=(0, 0.06, 1, 0.96))
-    figure.legend(
-        [handles[v] for v in VIEWS], [handles[v].get_label() for v in VIEWS], loc="lower center", ncol=len(VIEWS), frameon=False
-    )
+    figure.suptitle(f"Reconstruction quality against dose ({_replicates_caption(split)})", fontsize=13)
+    figure.tight_layout(rect=(0, 0.07, 1, 0.96))
+    handles = [Line2D([], [], **_view_style(view)) for view in VIEWS]
+    labels = [f"{view} ({counts[view]}/{len(DOSES)} doses scored)" for view in VIEWS]
+    if split is None:
+        handles.append(_one_split_handle())
+        labels.append(_ONE_SPLIT_HANDLE_LABEL)
+    figure.legend(handles, labels, loc="lower center", ncol=len(handles), frameon=False)
     return png_bytes(figure)
 
 
@@ -393,31 +693,43 @@ def _log_minor_label(value: float, _position=None) -> str:
     return f"{value:g}" if mantissa in (2.0, 3.0, 5.0) else ""
 
 
-def resolution_fit_png(rows: list[dict], exponents: dict[str, dict], split: str = "train") -> bytes:
+def resolution_fit_png(rows: list[dict], exponents: dict[str, dict], split: str | None = None) -> bytes:
     """Log-log FRC resolution (px) against dose per view with its fitted power law, the 2 px Nyquist
-    floor, and the D^-1/4 expectation drawn through the baseline's middle scored point."""
-    figure, axis = plt.subplots(figsize=(7.0, 5.0))
+    floor, and the D^-1/4 expectation drawn through the baseline's middle scored point.
+
+    ``split`` None (the default): points are the mean ± half-difference of the two splits (hollow: one
+    split) and ``exponents`` is :func:`dose_exponent_replicates` (the legend gives exponent ± uncertainty);
+    a split's name: that split's points and ``exponents`` from :func:`dose_exponents` for it."""
+    summary = replicate_summary(rows) if split is None else None
+    figure, axis = plt.subplots(figsize=(7.0, 5.2))
     dose_grid = np.geomspace(min(DOSES) / 1.5, max(DOSES) * 1.5, 50)
+    doses = np.array(DOSES, dtype=float)
     all_resolutions = []
     handles, labels = [], []
+    baseline_points = None
     for view in VIEWS:
-        color = VIEW_COLORS.get(view)
-        style = {"color": color, "marker": VIEW_MARKERS.get(view, "o"), "markersize": VIEW_MARKER_SIZES.get(view, 6.0) + 1}
-        linestyle, linewidth = VIEW_LINESTYLES.get(view, "-"), 2.5 if view == "baseline" else 1.5
-        doses, resolutions = _resolution_points(rows, view, split)
-        all_resolutions.extend(resolutions.tolist())
+        style = _view_style(view)
+        values, errors, single = _metric_points(rows, summary, view, "frc_resolution_px", split)
+        values = np.where(values > 0, values, np.nan)
+        finite = np.isfinite(values)
+        all_resolutions.extend((values[finite] - errors[finite]).tolist() + (values[finite] + errors[finite]).tolist())
+        if view == "baseline":
+            baseline_points = (doses[finite], values[finite])
         fit = (exponents or {}).get(view) or {}
+        n_doses = int(finite.sum())
         if fit.get("exponent") is not None:
-            labels.append(f"{view}: exponent {fit['exponent']:+.2f} ({fit['n_points']} doses)")
-            axis.plot(dose_grid, fit["prefactor"] * dose_grid ** fit["exponent"], color=color, linestyle=linestyle, linewidth=linewidth)
+            shown = format_exponent(fit) if split is None else f"{fit['exponent']:+.2f}"
+            labels.append(f"{view}: exponent {shown} ({fit['n_points']} doses)")
+            axis.plot(dose_grid, fit["prefactor"] * dose_grid ** fit["exponent"], color=style["color"],
+                      linestyle=style["linestyle"], linewidth=style["linewidth"])
         else:
-            labels.append(f"{view}: no fit ({doses.size} scored dose{'s' if doses.size != 1 else ''})")
-        axis.plot(doses, resolutions, linestyle="none", **style)
-        handles.append(Line2D([], [], linestyle=linestyle, linewidth=linewidth, **style))
-    base_doses, base_res = _resolution_points(rows, "baseline", split)
-    if base_doses.size:
-        middle = base_doses.size // 2
-        anchor_dose, anchor_res = base_doses[middle], base_res[middle]
+            labels.append(f"{view}: no fit ({n_doses} scored dose{'s' if n_doses != 1 else ''})")
+        style["markersize"] += 1
+        _draw_points(axis, doses, values, errors, single, view, with_line=False)
+        handles.append(Line2D([], [], **style))
+    if baseline_points is not None and baseline_points[0].size:
+        middle = baseline_points[0].size // 2
+        anchor_dose, anchor_res = baseline_points[0][middle], baseline_points[1][middle]
         expected = anchor_res * (dose_grid / anchor_dose) ** EXPECTED_DOSE_EXPONENT
         (line,) = axis.plot(dose_grid, expected, color="black", linestyle="-.", linewidth=1.2)
         handles.append(line)
@@ -425,6 +737,9 @@ def resolution_fit_png(rows: list[dict], exponents: dict[str, dict], split: str 
         all_resolutions.extend(expected.tolist())
     handles.append(axis.axhline(NYQUIST_RESOLUTION_PX, color="grey", linestyle=":", linewidth=1.0))
     labels.append(f"Nyquist floor ({NYQUIST_RESOLUTION_PX:g} px)")
+    if split is None:
+        handles.append(_one_split_handle())
+        labels.append(_ONE_SPLIT_HANDLE_LABEL)
     axis.set_xscale("log")
     axis.set_yscale("log")
     axis.set_xticks(DOSES, [dose_label(d) for d in DOSES])
@@ -433,15 +748,206 @@ def resolution_fit_png(rows: list[dict], exponents: dict[str, dict], split: str 
         low, high = min(min(all_resolutions), NYQUIST_RESOLUTION_PX), max(all_resolutions)
         axis.set_ylim(low / 1.3, high * 1.3)
     else:
-        axis.text(0.5, 0.6, f"no scored jobs on the {split} split", ha="center", transform=axis.transAxes, color="#404040")
+        where = "either split" if split is None else f"the {split} split"
+        axis.text(0.5, 0.6, f"no scored jobs on {where}", ha="center", transform=axis.transAxes, color="#404040")
     axis.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.yaxis.set_minor_formatter(FuncFormatter(_log_minor_label))
     axis.set_xlabel("dose (photons per pattern)")
     axis.set_ylabel("FRC resolution (px, full period)")
-    axis.set_title(f"FRC resolution (1/7 threshold) against dose, {split} split: lower is finer")
+    axis.set_title(f"FRC resolution (1/7 threshold) against dose: lower is finer\n({_replicates_caption(split)})", fontsize=11)
     axis.grid(True, which="both", alpha=0.3)
     axis.legend(handles, labels, fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     figure.tight_layout()
+    return png_bytes(figure)
+
+
+# --------------------------------------------------------------------------------------------------
+# convergence against the truth
+# --------------------------------------------------------------------------------------------------
+
+CONVERGENCE_METRICS: tuple[str, ...] = ("phase_mae", "frc_resolution_px")
+"""What the convergence figure draws against the epoch (beside the loss)."""
+
+LEVEL_TOLERANCE = 0.02
+"""A curve has levelled off from the first snapshot after which it stays within 2 % of its final value."""
+
+STILL_IMPROVING = 0.01
+"""A curve whose last snapshot interval still improved it by more than 1 % is still improving."""
+
+SPLIT_LINESTYLES: dict[str, str] = {"train": "-", "test": "--"}
+
+
+def _convergence_curve(curves: dict, dose: int, view: str, metric: str) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """(epochs, values, splits) of a (dose, view): the mean of the splits' curves where they share their
+    epochs (else the first split's), None when no split recorded one."""
+    found = []
+    for split in SPLITS:
+        curve = curves.get((dose, view, split)) or {}
+        epochs, values = curve.get("epochs") or [], curve.get(metric) or []
+        if epochs and len(epochs) == len(values):
+            found.append((split, np.asarray(epochs, dtype=int), np.asarray(values, dtype=float)))
+    if not found:
+        return None
+    if len(found) == 2 and np.array_equal(found[0][1], found[1][1]):
+        return found[0][1], (found[0][2] + found[1][2]) / 2.0, "+".join(split for split, _, _ in found)
+    return found[0][1], found[0][2], found[0][0]
+
+
+def convergence_verdict(epochs, values, higher_is_better: bool = False) -> dict:
+    """How a quality-vs-epoch curve ends, from its snapshots alone.
+
+    ``"rises"``: the final value is more than :data:`LEVEL_TOLERANCE` worse than the best (the run went on
+    past its best epoch: fewer epochs would do as well); ``"still improving"``: the last interval improved
+    it by more than :data:`STILL_IMPROVING` (more epochs would help); ``"levels off"``: otherwise, with
+    ``plateau_epoch`` the first snapshot from which every value is within :data:`LEVEL_TOLERANCE` of the
+    final one; ``"too few snapshots"`` with fewer than two. Returns ``{"verdict", "epochs_run",
+    "plateau_epoch", "best_epoch", "best", "final", "last_change"}`` (``last_change``: the relative change
+    over the last interval, positive = better).
+    """
+    epochs, values = np.asarray(epochs, dtype=int), np.asarray(values, dtype=float)
+    sign = -1.0 if higher_is_better else 1.0  # work on "lower is better"
+    ok = np.isfinite(values)
+    epochs, values = epochs[ok], values[ok]
+    out = {"verdict": "too few snapshots", "epochs_run": int(epochs[-1]) if epochs.size else None, "plateau_epoch": None,
+           "best_epoch": None, "best": None, "final": float(values[-1]) if values.size else None, "last_change": None}
+    if values.size < 2:
+        return out
+    loss = sign * values
+    best = int(np.argmin(loss))
+    final = loss[-1]
+    scale = abs(final) if final != 0 else 1.0
+    out.update(best_epoch=int(epochs[best]), best=float(values[best]), last_change=float((loss[-2] - loss[-1]) / scale))
+    within = np.abs(loss - final) <= LEVEL_TOLERANCE * scale
+    outside = np.flatnonzero(~within)
+    out["plateau_epoch"] = int(epochs[outside[-1] + 1]) if outside.size else int(epochs[0])
+    if final - loss[best] > LEVEL_TOLERANCE * scale:
+        out["verdict"] = "rises"
+    elif out["last_change"] > STILL_IMPROVING:
+        out["verdict"] = "still improving"
+    else:
+        out["verdict"] = "levels off"
+    return out
+
+
+def convergence_verdicts(curves: dict, metric: str = "phase_mae") -> dict[tuple[int, str], dict]:
+    """:func:`convergence_verdict` per (dose, view) with a recorded curve (mean of the splits where both
+    share their epochs), plus ``"splits"``: which splits it rests on."""
+    out = {}
+    for dose in DOSES:
+        for view in VIEWS:
+            curve = _convergence_curve(curves, dose, view, metric)
+            if curve is not None:
+                out[(dose, view)] = {**convergence_verdict(curve[0], curve[1], metric in HIGHER_IS_BETTER), "splits": curve[2]}
+    return out
+
+
+def _verdict_text(verdict: dict, metric: str) -> str:
+    unit = " rad" if METRIC_UNITS.get(metric) == "rad" else ""
+
+    def value(v: float) -> str:
+        return f"{v:.{_decimals(v)}f}{unit}"
+
+    kind, run = verdict["verdict"], verdict["epochs_run"]
+    if kind == "rises":
+        worse = abs(verdict["final"] / verdict["best"] - 1) * 100 if verdict["best"] else float("nan")
+        return (f"best at epoch {verdict['best_epoch']} ({value(verdict['best'])}), {worse:.0f}% worse by epoch {run}: "
+                f"fewer epochs would do as well (too many)")
+    if kind == "still improving":
+        return (f"still improving at epoch {run} ({verdict['last_change'] * 100:.1f}% over the last snapshot interval, "
+                f"now {value(verdict['final'])}): more epochs would help (too few)")
+    if kind == "levels off":
+        if verdict["plateau_epoch"] >= run:
+            return f"levels off only at the last snapshot, epoch {run} ({value(verdict['final'])}): about enough"
+        return (f"stops improving after ~{verdict['plateau_epoch']} epochs (within {LEVEL_TOLERANCE:.0%} of its final "
+                f"{value(verdict['final'])}): {run} is enough")
+    return f"too few snapshots to judge ({run} epochs)"
+
+
+def convergence_notes(curves: dict, metric: str = "phase_mae") -> list[str]:
+    """One sentence per dose, computed from the recorded curves: for each view, whether ``metric`` (against
+    the truth, mean of the splits) is still improving at the last epoch, levelled off (after ~N epochs) or
+    got worse after its best epoch. Empty when no curve was recorded."""
+    verdicts = convergence_verdicts(curves, metric)
+    if not verdicts:
+        return []
+    notes = []
+    label = METRIC_LABELS.get(metric, metric)
+    for dose in DOSES:
+        parts = []
+        for view in VIEWS:
+            verdict = verdicts.get((dose, view))
+            if verdict is None:
+                parts.append(f"{view}: no curve recorded")
+            else:
+                splits = "" if "+" in verdict["splits"] else f" ({verdict['splits']} only)"
+                parts.append(f"{view}{splits} {_verdict_text(verdict, metric)}")
+        notes.append(f"At {dose_label(dose)}, {label} vs epoch: " + "; ".join(parts) + ".")
+    return notes
+
+
+def convergence_png(curves: dict) -> bytes:
+    """Quality against the truth vs epoch beside the loss: one row per dose, columns phase MAE, FRC
+    resolution (:data:`CONVERGENCE_METRICS`) and the loss per epoch (log scale); colour and marker = view,
+    solid = train, dashed = test; a dotted vertical line in a view's colour marks where its phase error
+    stops improving (:func:`convergence_notes`; at its best epoch when it then gets worse). ``curves`` maps (dose, view, split) to ``{"epochs": [...], "<metric>":
+    [...], "loss_per_epoch": [...]}`` (any part may be absent); a dose with nothing recorded is greyed."""
+    columns = (*CONVERGENCE_METRICS, "loss_per_epoch")
+    verdicts = convergence_verdicts(curves, CONVERGENCE_METRICS[0])
+    figure, axes = plt.subplots(len(DOSES), len(columns), figsize=(4.4 * len(columns), 2.9 * len(DOSES) + 0.8), squeeze=False)
+    for r, dose in enumerate(DOSES):
+        for c, column in enumerate(columns):
+            axis = axes[r, c]
+            drawn = False
+            for view in VIEWS:
+                for split in SPLITS:
+                    curve = curves.get((dose, view, split)) or {}
+                    style = {"color": VIEW_COLORS.get(view), "linestyle": SPLIT_LINESTYLES.get(split, "-"),
+                             "linewidth": 2.0 if view == "baseline" else 1.4}
+                    if column == "loss_per_epoch":
+                        loss = np.asarray(curve.get("loss_per_epoch") or [], dtype=float)
+                        if loss.size:
+                            axis.plot(np.arange(1, loss.size + 1), loss, **style)
+                            drawn = True
+                    else:
+                        epochs, values = curve.get("epochs") or [], curve.get(column) or []
+                        if epochs and len(epochs) == len(values):
+                            axis.plot(epochs, np.asarray(values, dtype=float), marker=VIEW_MARKERS.get(view, "o"), markersize=4, **style)
+                            drawn = True
+            if r == 0:
+                title = "loss (pty-chi, per epoch)" if column == "loss_per_epoch" else f"{METRIC_LABELS[column]} vs truth"
+                better = "" if column == "loss_per_epoch" else (" ↑" if column in HIGHER_IS_BETTER else " ↓")
+                axis.set_title(title + better, fontsize=11)
+            if c == 0:
+                axis.set_ylabel(f"{dose_label(dose)} photons/pattern\n{_metric_axis_label(column)}", fontsize=9)
+            elif column != "loss_per_epoch":
+                axis.set_ylabel(_metric_axis_label(column), fontsize=9)
+            if r == len(DOSES) - 1:
+                axis.set_xlabel("epoch")
+            if not drawn:
+                _unavailable_panel(axis, "nothing recorded")
+                _bare(axis)
+                continue
+            if column in ("loss_per_epoch", "frc_resolution_px"):  # a FRC that never correlates is tens of px
+                axis.set_yscale("log")
+            if column == "frc_resolution_px":
+                axis.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                axis.yaxis.set_minor_formatter(FuncFormatter(_log_minor_label))
+            if column == "frc_resolution_px":
+                axis.axhline(NYQUIST_RESOLUTION_PX, color="grey", linestyle=":", linewidth=1.0)
+            if column == CONVERGENCE_METRICS[0]:
+                for view in VIEWS:  # where the notes say it stops improving (or is best, when it then gets worse)
+                    verdict = verdicts.get((dose, view)) or {}
+                    epoch = verdict.get("best_epoch") if verdict.get("verdict") == "rises" else verdict.get("plateau_epoch")
+                    if epoch is not None and verdict.get("verdict") != "still improving":
+                        axis.axvline(epoch, color=VIEW_COLORS.get(view), linestyle=":", linewidth=1.2, alpha=0.8)
+            axis.grid(True, alpha=0.3)
+    figure.suptitle("Convergence: quality against the truth every few epochs, beside the loss", fontsize=13)
+    figure.tight_layout(rect=(0, 0.05, 1, 0.97))
+    handles = [Line2D([], [], color=VIEW_COLORS.get(v), marker=VIEW_MARKERS.get(v, "o"), linewidth=2) for v in VIEWS]
+    handles += [Line2D([], [], color="#555555", linestyle=SPLIT_LINESTYLES[s]) for s in SPLITS]
+    handles.append(Line2D([], [], color="#555555", linestyle=":", linewidth=1.2))
+    labels = [*VIEWS, *(f"{s} split" for s in SPLITS), "phase error stops improving (or is best) here"]
+    figure.legend(handles, labels, loc="lower center", ncol=len(handles), frameon=False)
     return png_bytes(figure)
 
 
@@ -459,12 +965,14 @@ def _split_pipe_row(line: str) -> list[str]:
 
 def _inline_markdown(text: str) -> str:
     escaped = html.escape(text)
-    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
+    bold = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped)
+    return re.sub(r"(?<![*\w])\*([^*]+?)\*(?![*\w])", r"<em>\1</em>", bold)
 
 
 def markdown_table_to_html(markdown_table: str) -> str:
     """A pipe table (as :func:`rows_to_markdown` writes it) as an HTML ``<table>``: header row, the
-    alignment row's ``---:`` as right alignment, ``**bold**`` kept, everything else escaped."""
+    alignment row's ``---:`` as right alignment, ``**bold**`` kept, everything else escaped. A row with a
+    cell in bold (an unscored status, a (dose, view) with no split scored) is shaded."""
     lines = [line for line in markdown_table.strip().splitlines() if line.strip()]
     if len(lines) < 2:
         return f"<pre>{html.escape(markdown_table)}</pre>"
@@ -477,7 +985,7 @@ def markdown_table_to_html(markdown_table: str) -> str:
     out.append("<tbody>")
     for line in body:
         cells = _split_pipe_row(line)
-        row_class = "" if SUCCEEDED in cells else ' class="unscored"'
+        row_class = ' class="unscored"' if any(cell.startswith("**") for cell in cells) else ""
         out.append(f"<tr{row_class}>" + "".join(
             f'<td style="text-align:{a}">{_inline_markdown(c)}</td>' for c, a in zip(cells, aligns)
         ) + "</tr>")
@@ -500,9 +1008,39 @@ figcaption { font-size: 0.9em; color: #555; }
 """
 
 
-def html_page(title: str, headline: str, markdown_table: str, images: dict[str, bytes], notes: list[str]) -> str:
-    """One self-contained HTML document: the headline, notes, the quality table (converted from the
-    Markdown pipe table) and every image inline as a base64 ``data:`` URI; no external resources."""
+SUMMARY_INTRO = (
+    "Each (dose, view) has two independent replicates, the train and test halves of its dataset: each metric "
+    "is their mean ± half-difference |train − test| / 2 (the standard error of a mean of two; the error bars "
+    "in the figures span the two values). Where one split was not scored, its single value is shown with the "
+    "split's name and no spread."
+)
+EXPONENT_INTRO = (
+    "FRC resolution ≈ prefactor · dose^exponent, fitted (least squares in log-log) to each split separately; "
+    "the exponent is the mean ± half-difference of the two fits. Dose fractionation predicts −1/4 "
+    "(Howells et al. 2009). A resolution at the 2 px Nyquist floor is a bound, not a measurement, and "
+    "flattens the slope."
+)
+CONVERGENCE_INTRO = (
+    "Each reconstruction was scored against the truth every few epochs with the same registration as the "
+    "final score (figure convergence.png: quality vs epoch per dose and view, the loss beside it). From "
+    "those curves (mean of the two splits):"
+)
+
+
+def html_page(
+    title: str,
+    headline: str,
+    markdown_table: str,
+    images: dict[str, bytes],
+    notes: list[str],
+    summary_table: str | None = None,
+    exponents: dict[str, dict] | None = None,
+    convergence: list[str] | None = None,
+) -> str:
+    """One self-contained HTML document: the headline, notes, the per-(dose, view) summary of the two
+    replicates (:func:`summary_to_markdown`, when given), the dose exponents (when given), what the
+    convergence curves show (when given), every image inline as a base64 ``data:`` URI, and the per-job
+    quality table (converted from the Markdown pipe table); no external resources."""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -514,12 +1052,18 @@ def html_page(title: str, headline: str, markdown_table: str, images: dict[str, 
     ]
     if notes:
         parts.append("<ul>" + "".join(f"<li>{html.escape(note)}</li>" for note in notes) + "</ul>")
-    parts.append("<h2>Quality per job</h2>")
-    parts.append(
-        "<p>Metrics against the ground truth after registration and phase-offset removal; ↑ higher is better, "
-        "↓ lower is better. Jobs that were not scored are shaded, with their reason.</p>"
-    )
-    parts.append(markdown_table_to_html(markdown_table))
+    if summary_table:
+        parts.append("<h2>Quality per dose and view (two replicates)</h2>")
+        parts.append(f"<p>{html.escape(SUMMARY_INTRO)}</p>")
+        parts.append(markdown_table_to_html(summary_table))
+    if exponents:
+        parts.append("<h2>FRC resolution against dose: fitted exponents</h2>")
+        parts.append(f"<p>{html.escape(EXPONENT_INTRO)}</p>")
+        parts.append(markdown_table_to_html(exponents_markdown(exponents)))
+    if convergence:
+        parts.append("<h2>Convergence against the truth</h2>")
+        parts.append(f"<p>{html.escape(CONVERGENCE_INTRO)}</p>")
+        parts.append("<ul>" + "".join(f"<li>{html.escape(note)}</li>" for note in convergence) + "</ul>")
     if images:
         parts.append("<h2>Figures</h2>")
     for name, png in images.items():
@@ -528,38 +1072,60 @@ def html_page(title: str, headline: str, markdown_table: str, images: dict[str, 
             f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{html.escape(name)}</figcaption></figure>"
         )
+    parts.append("<h2>Quality per job</h2>")
+    parts.append(
+        "<p>Metrics against the ground truth after registration and phase-offset removal; ↑ higher is better, "
+        "↓ lower is better. Jobs that were not scored are shaded, with their reason.</p>"
+    )
+    parts.append(markdown_table_to_html(markdown_table))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
 
 def exponents_markdown(exponents: dict[str, dict]) -> str:
-    """The per-view dose exponents as a Markdown table, with the expected value."""
+    """The per-view dose exponents as a Markdown table, with the expected value. Takes either
+    :func:`dose_exponent_replicates` (mean ± half-difference of the splits' fits, each split's own fit) or one
+    split's :func:`dose_exponents` (the ± and per-split cells are then empty)."""
     lines = [
-        "| view | exponent | prefactor (px) | doses fitted |",
-        "| --- | ---: | ---: | ---: |",
+        "| view | exponent | ± (half-difference) | train fit | test fit | prefactor (px) | doses fitted | note |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for view, fit in exponents.items():
         exponent = "n/a" if fit.get("exponent") is None else f"{fit['exponent']:+.3f}"
+        uncertainty = "" if fit.get("uncertainty") is None else f"{fit['uncertainty']:.3f}"
+        per_split = fit.get("per_split") or {}
+        split_cells = [
+            "" if (per_split.get(split) or {}).get("exponent") is None else f"{per_split[split]['exponent']:+.3f}" for split in SPLITS
+        ]
         prefactor = "n/a" if fit.get("prefactor") is None else f"{fit['prefactor']:.3g}"
-        lines.append(f"| {view} | {exponent} | {prefactor} | {fit.get('n_points', 0)} |")
-    lines.append(f"| *expected (dose fractionation)* | {EXPECTED_DOSE_EXPONENT:+.3f} | | |")
+        note = fit.get("note") or ""
+        if fit.get("n_at_floor"):
+            note = (note + "; " if note else "") + f"{fit['n_at_floor']} point(s) at the {NYQUIST_RESOLUTION_PX:g} px floor"
+        lines.append(
+            f"| {view} | {exponent} | {uncertainty} | {' | '.join(split_cells)} | {prefactor} | {fit.get('n_points', 0)} | {_md_cell(note)} |"
+        )
+    lines.append(f"| *expected (dose fractionation)* | {EXPECTED_DOSE_EXPONENT:+.3f} | | | | | | Howells et al. 2009 |")
     return "\n".join(lines) + "\n"
 
 
 def report_markdown(
-    headline: str, markdown_table: str, images: dict[str, bytes], exponents: dict[str, dict], notes: list[str] = ()
+    headline: str,
+    markdown_table: str,
+    images: dict[str, bytes],
+    exponents: dict[str, dict],
+    notes: list[str] = (),
+    summary_table: str | None = None,
+    convergence: list[str] | None = None,
 ) -> str:
-    """Markdown for the Dagster UI: the headline, notes, the FRC resolution dose exponents (resolution ≈
-    prefactor · dose^exponent), every image inline, and the quality table."""
-    parts = [
-        f"**{headline}**",
-        "",
-        *[f"- {note}" for note in notes],
-        "",
-        "### FRC resolution against dose: fitted exponents",
-        "",
-        exponents_markdown(exponents),
-    ]
+    """Markdown for the Dagster UI: the headline, notes, the per-(dose, view) summary of the replicates (when
+    given), the FRC resolution dose exponents (resolution ≈ prefactor · dose^exponent), what the convergence
+    curves show (when given), every image inline, and the per-job quality table."""
+    parts = [f"**{headline}**", "", *[f"- {note}" for note in notes], ""]
+    if summary_table:
+        parts += ["### Quality per dose and view (two replicates)", "", SUMMARY_INTRO, "", summary_table]
+    parts += ["### FRC resolution against dose: fitted exponents", "", EXPONENT_INTRO, "", exponents_markdown(exponents)]
+    if convergence:
+        parts += ["### Convergence against the truth", "", CONVERGENCE_INTRO, "", *[f"- {note}" for note in convergence], ""]
     for name, png in images.items():
         parts += [f"### {name}", "", markdown_image(png, name), ""]
     parts += ["### Quality per job", "", markdown_table]

@@ -36,6 +36,13 @@ class ReconstructionConfig(_ReconstructionConfigBase):
     """pty-chi LSQML options for every partition of this run (defaults: the study's)."""
 
     log_every: int = Field(default=10, ge=1, description="Write the loss to the run log every this many epochs.")
+    convergence_every: int = Field(
+        default=10,
+        ge=0,
+        description="Score the object against the truth (objectGuess) every this many epochs and after the last, with "
+        "the final score's registration, into the reconstruction record's convergence curve (the report draws it). "
+        "0 switches it off (real data, whose objectGuess is no truth).",
+    )
 
     def options(self) -> ReconstructionOptions:
-        return ReconstructionOptions(**self.model_dump(exclude={"log_every"}))
+        return ReconstructionOptions(**self.model_dump(exclude={"log_every", "convergence_every"}))
