@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dagster import Definitions
 
+from fly64_assets.defs.automation import study_automation_sensor
 from fly64_assets.defs.inputs.assets import phase_c_patched, phase_d_overlap
+from fly64_assets.defs.inputs.sensors import input_files_sensor
 from fly64_assets.defs.inputs.checks import phase_c_patched_data001, phase_d_overlap_data001
 from fly64_assets.defs.jobs import STUDY_JOBS
 from fly64_assets.defs.reconstruction.assets import ptychi_reconstruction
@@ -25,6 +27,7 @@ def build_definitions(study_paths: StudyPaths) -> Definitions:
         assets=[phase_c_patched, phase_d_overlap, ptychi_reconstruction, reconstruction_manifest, skip_summary, study_report],
         asset_checks=[phase_c_patched_data001, phase_d_overlap_data001],
         jobs=STUDY_JOBS,
+        sensors=[input_files_sensor, study_automation_sensor()],
         resources={
             "study_paths": study_paths,
             "io_manager": JsonIOManager(base_dir=str(study_paths.artifact_file(".values"))),

@@ -27,7 +27,16 @@ from fly64_assets.core.design import Dataset
 from fly64_assets.core.options import ReconstructionOptions
 from fly64_assets.definitions import build_definitions
 from fly64_assets.defs.inputs.partitions import PHASE_C_PARTITIONS, PHASE_D_PARTITIONS
-from fly64_assets.defs.jobs import CHECK_PHASE_C_JOB, CHECK_PHASE_D_JOB, RECONSTRUCT_JOB, REPORT_JOB, SCORE_JOB, SUMMARIZE_JOB
+from fly64_assets.defs.jobs import (
+    CHECK_PHASE_C_JOB,
+    CHECK_PHASE_D_JOB,
+    OBSERVATION_JOBS,
+    RECONSTRUCT_JOB,
+    REPORT_JOB,
+    SCORE_JOB,
+    SUMMARIZE_JOB,
+    observation_tags,
+)
 from fly64_assets.defs.reconstruction.assets import RECONSTRUCTION
 from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS, covering_ranges, range_tags
 from fly64_assets.defs.resources import StudyPaths
@@ -110,6 +119,18 @@ def partition_tags(start: str, end: str) -> dict[str, str]:
     return range_tags(start, end)
 
 
+def observe_inputs(paths: StudyPaths, instance: DagsterInstance) -> None:
+    """Observe both sources, so the UI shows each input file's data version (its content hash) and the
+    automation sees a changed file as changed, whoever ran the study."""
+    defs = build_definitions(paths)
+    for job_name in OBSERVATION_JOBS:
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            instance=instance, tags=observation_tags(job_name), run_config=QUIET
+        )
+        if not result.success:
+            raise RuntimeError(f"observing the inputs failed: {failure_message(result)}")
+
+
 def record_input_checks(paths: StudyPaths, instance: DagsterInstance) -> dict[str, int]:
     """Run the DATA-001 source checks for every input file, so the UI shows each file's result.
 
@@ -177,8 +198,9 @@ def run_study(
     instance: DagsterInstance,
     progress: Callable[[str], None] = print,
 ) -> dict:
-    """The input checks, the selected partitions (skips included: they are recorded, so the UI shows them),
-    then the summaries; returns the manifest, skip summary and report values by asset name."""
+    """The inputs' observation and checks, the selected partitions (skips included: they are recorded, so the
+    UI shows them), then the summaries; returns the manifest, skip summary and report values by asset name."""
+    observe_inputs(paths, instance)
     counts = record_input_checks(paths, instance)
     progress(f"DATA-001 on the inputs: {counts['ok']} ok, {counts['invalid']} invalid, {counts['missing']} missing")
     reconstruct(paths, plan.selected, options, instance, progress)

@@ -208,9 +208,10 @@ class SeparateServices(DagsterDev):
         super().stop()
 
 
-def study_environment(root: Path, epochs: str) -> dict[str, str]:
+def study_environment(root: Path, epochs: str, automation: str = "off") -> dict[str, str]:
     """A server's environment for a study under ``root`` (inputs/, artifacts/, dagster_home/): its roots, a private
-    Dagster instance, the default epochs, nothing inherited from FLY64_*."""
+    Dagster instance, the default epochs, nothing inherited from FLY64_*. The study's automation is off unless
+    asked for, so that a test's runs are only the ones it launches."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("FLY64_") and key != "DAGSTER_HOME"}
     env.update(
         FLY64_PHASE_C_ROOT=str(root / "inputs" / "phase_c"),
@@ -218,6 +219,7 @@ def study_environment(root: Path, epochs: str) -> dict[str, str]:
         FLY64_ARTIFACT_ROOT=str(root / "artifacts"),
         FLY64_DATA_DIR=str(root / "data"),
         FLY64_EPOCHS=epochs,
+        FLY64_AUTOMATION=automation,
         DAGSTER_HOME=str(root / "dagster_home"),
         VIRTUAL_ENV=str(Path(sys.executable).parent.parent),
         PYTHONUNBUFFERED="1",

@@ -2,6 +2,8 @@
 
 from dagster import AssetSelection, define_asset_job
 
+from fly64_assets.defs.inputs.assets import phase_c_patched, phase_d_overlap
+from fly64_assets.defs.inputs.partitions import PHASE_C_PARTITIONS, PHASE_D_PARTITIONS
 from fly64_assets.defs.inputs.checks import phase_c_patched_data001, phase_d_overlap_data001
 from fly64_assets.defs.reconstruction.assets import QUALITY, RECONSTRUCTION
 from fly64_assets.defs.report.assets import study_report
@@ -13,6 +15,8 @@ SUMMARIZE_JOB = "summarize_study"
 REPORT_JOB = "report_study"
 CHECK_PHASE_C_JOB = "check_phase_c_inputs"
 CHECK_PHASE_D_JOB = "check_phase_d_inputs"
+OBSERVE_PHASE_C_JOB = "observe_phase_c_inputs"
+OBSERVE_PHASE_D_JOB = "observe_phase_d_inputs"
 
 reconstruct_study = define_asset_job(
     RECONSTRUCT_JOB,
@@ -44,5 +48,29 @@ check_phase_d_inputs = define_asset_job(
     selection=AssetSelection.checks(phase_d_overlap_data001),
     description="DATA-001 on Phase D files (the partition from the run's dagster/partition tags).",
 )
+# One observation records every present file of the source (all its partitions); the run still needs one
+# partition's tags, like a check-only run (launch.observe_inputs).
+observe_phase_c_inputs = define_asset_job(
+    OBSERVE_PHASE_C_JOB,
+    selection=AssetSelection.assets(phase_c_patched.key),
+    description="Observe the Phase C files: each present file's content hash becomes its data version.",
+)
+observe_phase_d_inputs = define_asset_job(
+    OBSERVE_PHASE_D_JOB,
+    selection=AssetSelection.assets(phase_d_overlap.key),
+    description="Observe the Phase D files: each present file's content hash becomes its data version.",
+)
+OBSERVATION_JOBS = {OBSERVE_PHASE_C_JOB: PHASE_C_PARTITIONS, OBSERVE_PHASE_D_JOB: PHASE_D_PARTITIONS}
 
-STUDY_JOBS = [reconstruct_study, score_study, summarize_study, report_study, check_phase_c_inputs, check_phase_d_inputs]
+
+def observation_tags(job_name: str) -> dict[str, str]:
+    """The tags of an observation run: one run observes every file of its source, but Dagster needs one
+    partition for a run of a partitioned source (as for a check-only run), so it gets the first one's."""
+    partitions = OBSERVATION_JOBS[job_name]
+    return dict(partitions.get_tags_for_partition_key(partitions.get_partition_keys()[0]))
+
+
+STUDY_JOBS = [
+    reconstruct_study, score_study, summarize_study, report_study, check_phase_c_inputs, check_phase_d_inputs,
+    observe_phase_c_inputs, observe_phase_d_inputs,
+]

@@ -20,13 +20,18 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+ABSENT = DataVersion("absent")
+"""The data version of a file that does not exist (e.g. a sparse view Phase D did not write). Observing the
+absence, rather than nothing, lets the automation record that partition's skip, and makes the file's
+later appearance a new version that triggers its reconstruction."""
+
+
 def observe_files(study_paths: StudyPaths, partition_keys: list[str]) -> DataVersionsByPartition:
-    """A content hash per present file, so a changed input marks its reconstruction stale."""
+    """A content hash per present file, so a changed input marks its reconstruction stale; ``ABSENT`` otherwise."""
     versions = {}
     for key in partition_keys:
         path = study_paths.input_path(dataset_for_source_key(key))
-        if path.is_file():
-            versions[key] = DataVersion(file_sha256(path))
+        versions[key] = DataVersion(file_sha256(path)) if path.is_file() else ABSENT
     return DataVersionsByPartition(versions)
 
 

@@ -14,6 +14,7 @@ from dagster import (
 from fly64_assets.core.artifacts import write_json
 from fly64_assets.core.bookkeeping import RECONSTRUCTION_RECORD, FAILED, build_manifest, build_skip_summary, plan_study, read_record
 from fly64_assets.core.design import Dataset, select_datasets
+from fly64_assets.defs.automation import react_to_inputs
 from fly64_assets.defs.reconstruction.assets import RECONSTRUCTION
 from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS
 from fly64_assets.defs.resources import StudyPaths
@@ -47,6 +48,7 @@ def latest_failures(context: AssetExecutionContext, datasets: list[Dataset]) -> 
 @asset(
     deps=[RECONSTRUCTION],
     group_name=SUMMARIES_GROUP,
+    automation_condition=react_to_inputs(),
     description="reconstruction_manifest.json: planned jobs, each execution's result, and the missing inputs.",
 )
 def reconstruction_manifest(
@@ -82,7 +84,10 @@ def reconstruction_manifest(
     )
 
 
-@asset(group_name=SUMMARIES_GROUP, description="skip_summary.json: every job not reconstructed by design, with its reason.")
+@asset(
+    group_name=SUMMARIES_GROUP,
+    automation_condition=react_to_inputs(),
+    description="skip_summary.json: every job not reconstructed by design, with its reason.")
 def skip_summary(study_paths: StudyPaths, reconstruction_manifest: dict) -> Output[dict]:
     summary = build_skip_summary(reconstruction_manifest)
     path = study_paths.artifact_file(SKIP_SUMMARY_FILE)
