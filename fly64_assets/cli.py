@@ -24,6 +24,7 @@ from fly64_assets.core.options import ReconstructionOptions
 from fly64_assets.defs.resources import StudyPaths, default_data_dir, synthetic_root
 from fly64_assets.lib.cluster_preflight import check_dask_setup
 from fly64_assets.lib.executor import DASK, dask_cluster_from_env, executor_name
+from fly64_assets.progress import progress_for
 from fly64_assets.core.design import ALL_DATASETS, DOSES, SIMULATION_SEED, SPLITS, VIEWS, Dataset, select_datasets
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -215,7 +216,11 @@ def cmd_run(args) -> int:
         except ValueError as error:  # an unknown executor, a bad cluster file, a DaskSetupError
             raise UsageError(str(error)) from error
         print(f"{len(plan.selected)} partition(s) through Dagster ({executor} executor), instance {os.environ['DAGSTER_HOME']}")
-        outputs = launch.run_study(paths, plan, options, instance, progress=print)
+        progress = progress_for(sys.stdout)
+        try:
+            outputs = launch.run_study(paths, plan, options, instance, progress)
+        finally:
+            progress.close()
     manifest, study_report = outputs["reconstruction_manifest"], outputs["study_report"]
     results = manifest["execution_results"]
     failed = [r for r in results if r["status"] != bookkeeping.RECONSTRUCTED]

@@ -10,7 +10,7 @@ process, a thread or a pool: on dask, the executor sends the steps to the cluste
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from dagster import (
@@ -41,6 +41,7 @@ from fly64_assets.defs.reconstruction.assets import RECONSTRUCTION
 from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS, covering_ranges, range_tags
 from fly64_assets.defs.resources import StudyPaths
 from fly64_assets.lib.executor import IN_PROCESS, executor_name
+from fly64_assets.progress import StudyProgress
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 """Keep Dagster's per-event console lines out of the command's output; the UI has them all."""
@@ -84,12 +85,13 @@ def execute(
     run_config: dict | None = None,
     tags: dict | None = None,
     outputs: tuple[str, ...] = (),
+    progress: StudyProgress | None = None,
 ) -> RunOutcome:
     """One run of a study job in ``instance`` on the executor ``FLY64_EXECUTOR`` names; ``outputs`` names the
-    steps whose values to return."""
+    steps whose values to return. ``progress`` gets the steps' live reports when they run in this process."""
     run_config = {**QUIET, **(run_config or {})}
     if executor_name() == IN_PROCESS:
-        job = build_definitions(paths).resolve_job_def(job_name)
+        job = build_definitions(paths, progress).resolve_job_def(job_name)
         result = job.execute_in_process(instance=instance, run_config=run_config, tags=tags, raise_on_error=False)
         if not result.success:
             return RunOutcome(result.run_id, False, failure_message(result))
@@ -155,31 +157,37 @@ def reconstruct(
     datasets: Iterable[Dataset],
     options: ReconstructionOptions,
     instance: DagsterInstance,
-    progress: Callable[[str], None] = print,
+    progress: StudyProgress | None = None,
 ) -> list[RunOutcome]:
-    """Reconstruct and score ``datasets``: one run per covering range; reports each partition's outcome."""
+    """Reconstruct and score ``datasets``: one run per covering range. Each partition's outcome is reported to
+    ``progress``: live by the step when it runs in this process, else after its run."""
+    progress = progress or StudyProgress()
     datasets = sorted(datasets)
     config = {"ops": {"ptychi_reconstruction": {"config": options.as_dict()}}}
     outcomes = []
     for start, end in covering_ranges(datasets):
         started = time.perf_counter()
-        outcome = execute(paths, RECONSTRUCT_JOB, instance, config, partition_tags(start, end))
+        outcome = execute(paths, RECONSTRUCT_JOB, instance, config, partition_tags(start, end), progress=progress)
         outcomes.append(outcome)
         keys = STUDY_PARTITIONS.get_partition_keys_in_range(PartitionKeyRange(start, end))
-        statuses = instance.get_status_by_partition(RECONSTRUCTION, keys, STUDY_PARTITIONS) or {}
-        for key in keys:
-            dataset = Dataset.from_partition_key(key)
-            if statuses.get(key) == AssetPartitionStatus.FAILED:
-                text = "FAILED"
-            elif not paths.input_path(dataset).exists():
-                text = "skipped (input missing)"
-            else:
-                text = "reconstructed"
-            progress(f"{key}: {text}")
-        progress(f"run {outcome.run_id[:8]} ({start} ... {end}): {len(keys)} partition(s) in {time.perf_counter() - started:.1f} s")
+        if executor_name() != IN_PROCESS:
+            _report_partitions(paths, instance, keys, progress)
+        progress.message(f"run {outcome.run_id[:8]} ({start} ... {end}): {len(keys)} partition(s) in {time.perf_counter() - started:.1f} s")
         if outcome.error:
-            progress(outcome.error)
+            progress.message(outcome.error)
     return outcomes
+
+
+def _report_partitions(paths: StudyPaths, instance: DagsterInstance, keys: list[str], progress: StudyProgress) -> None:
+    """Each partition's outcome from the instance, for a run whose steps ran in other processes."""
+    statuses = instance.get_status_by_partition(RECONSTRUCTION, keys, STUDY_PARTITIONS) or {}
+    for key in keys:
+        if statuses.get(key) == AssetPartitionStatus.FAILED:
+            progress.partition_finished(key, "FAILED")
+        elif not paths.input_path(Dataset.from_partition_key(key)).exists():
+            progress.partition_finished(key, "skipped (input missing)")
+        else:
+            progress.partition_finished(key, "reconstructed")
 
 
 def summarize(paths: StudyPaths, filters: dict, instance: DagsterInstance) -> dict:
@@ -196,24 +204,27 @@ def run_study(
     plan: StudyPlan,
     options: ReconstructionOptions,
     instance: DagsterInstance,
-    progress: Callable[[str], None] = print,
+    progress: StudyProgress | None = None,
 ) -> dict:
     """The inputs' observation and checks, the selected partitions (skips included: they are recorded, so the
     UI shows them), then the summaries; returns the manifest, skip summary and report values by asset name."""
+    progress = progress or StudyProgress()
     observe_inputs(paths, instance)
     counts = record_input_checks(paths, instance)
-    progress(f"DATA-001 on the inputs: {counts['ok']} ok, {counts['invalid']} invalid, {counts['missing']} missing")
+    progress.message(f"DATA-001 on the inputs: {counts['ok']} ok, {counts['invalid']} invalid, {counts['missing']} missing")
+    progress.study_started(len(plan.selected))
     reconstruct(paths, plan.selected, options, instance, progress)
     return summarize(paths, plan.filters, instance)
 
 
-def rescore(paths: StudyPaths, instance: DagsterInstance, progress: Callable[[str], None] = print) -> dict:
+def rescore(paths: StudyPaths, instance: DagsterInstance, progress: StudyProgress | None = None) -> dict:
     """Score every reconstructed partition again and rewrite the report; returns the report's value."""
+    progress = progress or StudyProgress()
     materialized = instance.get_materialized_partitions(RECONSTRUCTION)
     datasets = [Dataset.from_partition_key(key) for key in materialized]
     for start, end in covering_ranges(datasets):
         outcome = execute(paths, SCORE_JOB, instance, tags=partition_tags(start, end))
-        progress(f"scored {start} ... {end}: {'ok' if outcome.success else outcome.error}")
+        progress.message(f"scored {start} ... {end}: {'ok' if outcome.success else outcome.error}")
     outcome = execute(paths, REPORT_JOB, instance, outputs=("study_report",))
     if not outcome.success:
         raise RuntimeError(f"the report failed: {outcome.error}")

@@ -105,7 +105,7 @@ def test_eager_automation_reruns_exactly_what_a_changed_or_new_input_affects(tmp
     all_keys = sorted(dataset.partition_key for dataset in ALL_DATASETS)
     assert requested == {RECONSTRUCTION: all_keys, QUALITY: all_keys}
 
-    launch.reconstruct(paths, ALL_DATASETS, ONE_EPOCH, instance, progress=lambda line: None)
+    launch.reconstruct(paths, ALL_DATASETS, ONE_EPOCH, instance)
     launch.summarize(paths, {}, instance)
     assert automation.tick() == {}  # the study ran: nothing left to do
     launch.observe_inputs(paths, instance)
@@ -114,7 +114,7 @@ def test_eager_automation_reruns_exactly_what_a_changed_or_new_input_affects(tmp
     change_content(Dataset(1000, "baseline", "train").input_path(paths.phase_c_root, paths.phase_d_root))
     launch.observe_inputs(paths, instance)
     assert automation.tick() == {RECONSTRUCTION: ["1000|baseline_train"], QUALITY: ["1000|baseline_train"]}
-    launch.reconstruct(paths, [Dataset(1000, "baseline", "train")], ONE_EPOCH, instance, progress=lambda line: None)
+    launch.reconstruct(paths, [Dataset(1000, "baseline", "train")], ONE_EPOCH, instance)
     assert set(automation.tick()) == SUMMARIES  # what depends on the partition follows
     launch.summarize(paths, {}, instance)
     assert automation.tick() == {}
@@ -138,7 +138,7 @@ def test_the_daemon_reconstructs_a_changed_input_by_itself(tmp_path):
     env = study_environment(tmp_path, "2", automation="on")
     with DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         launch.observe_inputs(paths, instance)
-        launch.reconstruct(paths, ALL_DATASETS, ONE_EPOCH, instance, progress=lambda line: None)
+        launch.reconstruct(paths, ALL_DATASETS, ONE_EPOCH, instance)
         launch.summarize(paths, {}, instance)
         before = instance.fetch_materializations(RECONSTRUCTION, limit=100).records[0].storage_id
         report_before = instance.fetch_materializations(AssetKey("study_report"), limit=1).records[0].storage_id

@@ -77,7 +77,13 @@ def test_run_goes_through_dagster_and_exit_code_reports_a_failed_job(study_paths
     args = ["run", *_roots(study_paths), "--dose", "10000", "--view", "dense", "--epochs", str(FAST_EPOCHS), "--device", "cpu",
             "--workers", "4"]
     assert main(args) == 1
-    assert "--workers and --max-concurrent-runs are no longer used" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "--workers and --max-concurrent-runs are no longer used" in printed.err
+    # not a terminal: plain progress lines, one per partition, counted, with the outcome and the times
+    lines = [line for line in printed.out.splitlines() if line.startswith("[")]
+    assert lines[0].startswith("[1/2] 10000|dense_train: FAILED: ") and "xcoords" in lines[0]
+    assert lines[1].startswith(f"[2/2] 10000|dense_test: reconstructed, {FAST_EPOCHS} epochs, final loss ")
+    assert "elapsed 0:" in lines[1]
     manifest, skips = _reports(study_paths)
     statuses = {(r["split"]): (r["status"], r["returncode"]) for r in manifest["execution_results"]}
     assert statuses == {"train": ("failed", 1), "test": ("succeeded", 0)}
@@ -90,7 +96,8 @@ def test_run_goes_through_dagster_and_exit_code_reports_a_failed_job(study_paths
 
     with DagsterInstance.get() as instance:
         job_names = {run.job_name for run in instance.get_runs()}
-    assert job_names == {"check_phase_c_inputs", "check_phase_d_inputs", "reconstruct_study", "summarize_study"}
+    assert job_names == {"observe_phase_c_inputs", "observe_phase_d_inputs", "check_phase_c_inputs", "check_phase_d_inputs",
+                         "reconstruct_study", "summarize_study"}
 
 
 def test_check_reports_ok_invalid_and_missing_as_json(study_paths, capsys):

@@ -247,7 +247,7 @@ def test_a_small_study_on_a_real_dask_cluster_runs_every_reconstruction_on_the_g
     with _dask_cluster(tmp_path / "logs") as connect:
         # The local reference: the same study, executed in this process, while the workers start.
         with instance_for_test(temp_dir=str(tmp_path / "local_home")) as local_instance:
-            launch.reconstruct(local_paths, plan.selected, options, local_instance, lambda line: None)
+            launch.reconstruct(local_paths, plan.selected, options, local_instance)
             local = launch.summarize(local_paths, plan.filters, local_instance)
 
         client, workers = connect()

@@ -125,7 +125,7 @@ def test_a_range_run_keeps_each_partitions_own_results_and_fails_only_the_broken
 def test_a_study_run_with_a_missing_sparse_view_succeeds_and_records_the_skip(study_paths, instance):
     plan = plan_study(select_datasets([1000], ["dense", "sparse"], ["test"]), study_paths.input_path,
                       {"dose": [1000], "view": ["dense", "sparse"], "split": ["test"]})
-    outputs = launch.run_study(study_paths, plan, ReconstructionOptions(epochs=FAST_EPOCHS), instance, progress=lambda line: None)
+    outputs = launch.run_study(study_paths, plan, ReconstructionOptions(epochs=FAST_EPOCHS), instance)
     manifest = outputs["reconstruction_manifest"]
 
     runs = [run for run in instance.get_runs() if run.job_name in ("reconstruct_study", "summarize_study")]

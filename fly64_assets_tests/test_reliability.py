@@ -153,8 +153,7 @@ def test_bad_inputs_fail_their_own_partition_with_a_clear_error(study_paths, ins
     datasets = [Dataset(1000, "baseline", "train"), Dataset(1000, "baseline", "test"), Dataset(10000, "dense", "train"),
                 Dataset(10000, "dense", "test"), Dataset(100000, "dense", "train")]
     plan = plan_study(datasets, study_paths.input_path)
-    manifest = launch.run_study(study_paths, plan, ReconstructionOptions(epochs=FAST_EPOCHS), instance,
-                                progress=lambda line: None)["reconstruction_manifest"]
+    manifest = launch.run_study(study_paths, plan, ReconstructionOptions(epochs=FAST_EPOCHS), instance)["reconstruction_manifest"]
 
     assert not marker.exists()
     statuses = {Dataset(r["dose"], r["view"], r["split"]): r["status"] for r in manifest["execution_results"]}
@@ -266,7 +265,7 @@ def test_a_broken_phase_c_file_fails_only_its_partition_and_siblings_are_scored_
     np.savez(broken, **arrays)
 
     plan = plan_study(select_datasets([1000], ["baseline", "dense"], ["test"]), study_paths.input_path)
-    report = launch.run_study(study_paths, plan, ReconstructionOptions(epochs=5), instance, progress=lambda line: None)
+    report = launch.run_study(study_paths, plan, ReconstructionOptions(epochs=5), instance)
     statuses = instance.get_status_by_partition(
         AssetKey("reconstruction_quality"), ["1000|baseline_test", "1000|dense_test"], STUDY_PARTITIONS
     )

@@ -24,8 +24,7 @@ def test_baseline_quality_improves_with_dose_and_the_report_shows_it(study_paths
     plan = plan_study(select_datasets(views=["baseline"]), study_paths.input_path,
                       {"dose": [], "view": ["baseline"], "split": []})
     try:
-        study_report = launch.run_study(study_paths, plan, ReconstructionOptions(epochs=REPORT_EPOCHS), instance,
-                                        progress=lambda line: None)["study_report"]
+        study_report = launch.run_study(study_paths, plan, ReconstructionOptions(epochs=REPORT_EPOCHS), instance)["study_report"]
     finally:
         os.umask(saved_umask)
 

@@ -42,6 +42,7 @@ from dagster import (
     IdentityPartitionMapping,
     MetadataValue,
     MultiPartitionMapping,
+    ResourceParam,
     StaticPartitionMapping,
     multi_asset,
 )
@@ -71,6 +72,7 @@ from fly64_assets.defs.reconstruction.config import ReconstructionConfig
 from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS
 from fly64_assets.defs.resources import StudyPaths
 from fly64_assets.lib.executor import GPU_STEP_TAGS, reconstruction_backfill_policy
+from fly64_assets.progress import StudyProgress
 
 RECONSTRUCTION = AssetKey("ptychi_reconstruction")
 QUALITY = AssetKey("reconstruction_quality")
@@ -168,7 +170,7 @@ def _partition_loader() -> LoadValid:
 
 def _reconstruct_partition(
     context: AssetExecutionContext, dataset: Dataset, config: ReconstructionConfig, device: str, study_paths: StudyPaths,
-    cpu_threads: int, load: LoadValid,
+    cpu_threads: int, load: LoadValid, progress: StudyProgress,
 ) -> Iterator:
     """Reconstruct one partition (or record its skip); yields its materialization and check result."""
     key = dataset.partition_key
@@ -198,10 +200,12 @@ def _reconstruct_partition(
 
         def report_epoch(epoch: int, loss: float) -> None:
             job_log.info("epoch %d/%d loss %.6g", epoch, options.epochs, loss)
+            progress.epoch(key, epoch, loss)
             if epoch % config.log_every == 0 or epoch == options.epochs:
                 context.log.info(f"{key} epoch {epoch}/{options.epochs} loss {loss:.6g}")
 
         job_log.info("input %s (%d patterns), options %s", input_path, len(arrays["diffraction"]), options.as_dict())
+        progress.partition_started(key, options.epochs)
         convergence = _convergence_recorder(config, study_paths, dataset, arrays, load, job_log)
         try:
             result = reconstruct(
@@ -388,6 +392,15 @@ def _score_partition(dataset: Dataset, study_paths: StudyPaths, load: LoadValid)
     yield AssetMaterialization(QUALITY, partition=key, metadata={**metadata, "scoring_area": area})
 
 
+def _outcome(key: str, failures: dict[str, str], input_exists: bool, selected) -> str:
+    """One partition's outcome in a few words, for the progress display."""
+    if key in failures:
+        return "FAILED: " + " ".join(failures[key].split())[:300]  # on one line, the first violation included
+    if not input_exists:
+        return "skipped (input missing)"
+    return "reconstructed" if RECONSTRUCTION in selected else "scored"
+
+
 @multi_asset(
     name="ptychi_reconstruction",
     specs=[
@@ -418,8 +431,11 @@ def _score_partition(dataset: Dataset, study_paths: StudyPaths, load: LoadValid)
     pool=GPU_POOL,
     op_tags=GPU_STEP_TAGS,
 )
-def ptychi_reconstruction(context: AssetExecutionContext, config: ReconstructionConfig, study_paths: StudyPaths) -> Iterator:
-    """Reconstruct and/or score every partition of the run (see the module's docstring)."""
+def ptychi_reconstruction(
+    context: AssetExecutionContext, config: ReconstructionConfig, study_paths: StudyPaths, progress: ResourceParam[StudyProgress]
+) -> Iterator:
+    """Reconstruct and/or score every partition of the run (see the module's docstring); each partition's epochs
+    and outcome go to ``progress`` too (the ``fly64`` command's display; silent elsewhere)."""
     configuration_errors = study_paths.configuration_errors()
     if configuration_errors:
         raise Failure(description="the study's roots are misconfigured:\n" + "\n".join(configuration_errors))
@@ -432,7 +448,7 @@ def ptychi_reconstruction(context: AssetExecutionContext, config: Reconstruction
             load = _partition_loader()
             try:
                 if RECONSTRUCTION in selected:
-                    yield from _reconstruct_partition(context, dataset, config, device, study_paths, cpu_threads, load)
+                    yield from _reconstruct_partition(context, dataset, config, device, study_paths, cpu_threads, load, progress)
                 if QUALITY in selected:
                     yield from _score_partition(dataset, study_paths, load)
             except PartitionFailed as error:
@@ -441,6 +457,7 @@ def ptychi_reconstruction(context: AssetExecutionContext, config: Reconstruction
             except Exception as error:  # noqa: BLE001 - one partition's failure must not stop the others
                 failures[key] = f"{type(error).__name__}: {error}"
                 context.log.exception(f"{key} failed unexpectedly")
+            progress.partition_finished(key, _outcome(key, failures, study_paths.input_path(dataset).exists(), selected))
     if failures:
         listing = "\n\n".join(f"{key}: {message}" for key, message in failures.items())
         raise Failure(
