@@ -24,7 +24,7 @@ from fly64_assets.core.options import ReconstructionOptions
 from fly64_assets.defs.resources import StudyPaths, default_data_dir, synthetic_root
 from fly64_assets.lib.cluster_preflight import check_dask_setup
 from fly64_assets.lib.executor import DASK, dask_cluster_from_env, executor_name
-from fly64_assets.progress import progress_for
+from fly64_assets.lib.progress import progress_for
 from fly64_assets.core.design import ALL_DATASETS, DOSES, SIMULATION_SEED, SPLITS, VIEWS, Dataset, select_datasets
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

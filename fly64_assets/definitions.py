@@ -18,7 +18,7 @@ from fly64_assets.defs.report.assets import study_report
 from fly64_assets.defs.resources import StudyPaths
 from fly64_assets.defs.summaries.assets import reconstruction_manifest, skip_summary
 from fly64_assets.lib.executor import study_executor
-from fly64_assets.progress import StudyProgress
+from fly64_assets.lib.progress import StudyProgress
 from fly64_assets.lib.json_io_manager import JsonIOManager
 
 

@@ -41,7 +41,7 @@ from fly64_assets.defs.reconstruction.assets import RECONSTRUCTION
 from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS, covering_ranges, range_tags
 from fly64_assets.defs.resources import StudyPaths
 from fly64_assets.lib.executor import IN_PROCESS, executor_name
-from fly64_assets.progress import StudyProgress
+from fly64_assets.lib.progress import StudyProgress
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 """Keep Dagster's per-event console lines out of the command's output; the UI has them all."""

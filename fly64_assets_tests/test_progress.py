@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fly64_assets.progress import PlainProgress, progress_for
+from fly64_assets.lib.progress import PlainProgress, progress_for
 
 
 def test_plain_lines_count_partitions_and_estimate_the_time_left(tmp_path):

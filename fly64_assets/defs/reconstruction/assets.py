@@ -72,7 +72,7 @@ from fly64_assets.defs.reconstruction.config import ReconstructionConfig
 from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS
 from fly64_assets.defs.resources import StudyPaths
 from fly64_assets.lib.executor import GPU_STEP_TAGS, reconstruction_backfill_policy
-from fly64_assets.progress import StudyProgress
+from fly64_assets.lib.progress import StudyProgress
 
 RECONSTRUCTION = AssetKey("ptychi_reconstruction")
 QUALITY = AssetKey("reconstruction_quality")
