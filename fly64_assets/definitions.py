@@ -18,13 +18,11 @@ from fly64_assets.defs.report.assets import study_report
 from fly64_assets.defs.resources import StudyPaths
 from fly64_assets.defs.summaries.assets import reconstruction_manifest, skip_summary
 from fly64_assets.lib.executor import study_executor
-from fly64_assets.lib.progress import StudyProgress
 from fly64_assets.lib.json_io_manager import JsonIOManager
 
 
-def build_definitions(study_paths: StudyPaths, progress: StudyProgress | None = None) -> Definitions:
-    """The study's definitions for the given roots (tests and the CLI build them on explicit folders); ``progress``
-    receives the reconstruction step's reports when the step runs in this process (``fly64 run``)."""
+def build_definitions(study_paths: StudyPaths) -> Definitions:
+    """The study's definitions for the given roots (tests and the CLI build them on explicit folders)."""
     return Definitions(
         assets=[phase_c_patched, phase_d_overlap, ptychi_reconstruction, reconstruction_manifest, skip_summary, study_report],
         asset_checks=[phase_c_patched_data001, phase_d_overlap_data001],
@@ -32,7 +30,6 @@ def build_definitions(study_paths: StudyPaths, progress: StudyProgress | None = 
         sensors=[input_files_sensor, study_automation_sensor()],
         resources={
             "study_paths": study_paths,
-            "progress": progress or StudyProgress(),
             "io_manager": JsonIOManager(base_dir=str(study_paths.artifact_file(".values"))),
         },
         executor=study_executor(study_paths.roots()),

@@ -41,7 +41,7 @@ from fly64_assets.defs.reconstruction.assets import RECONSTRUCTION
 from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS, covering_ranges, range_tags
 from fly64_assets.defs.resources import StudyPaths
 from fly64_assets.lib.executor import IN_PROCESS, executor_name
-from fly64_assets.lib.progress import StudyProgress
+from fly64_assets.lib.progress import StudyProgress, reporting_to
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 """Keep Dagster's per-event console lines out of the command's output; the UI has them all."""
@@ -91,8 +91,9 @@ def execute(
     steps whose values to return. ``progress`` gets the steps' live reports when they run in this process."""
     run_config = {**QUIET, **(run_config or {})}
     if executor_name() == IN_PROCESS:
-        job = build_definitions(paths, progress).resolve_job_def(job_name)
-        result = job.execute_in_process(instance=instance, run_config=run_config, tags=tags, raise_on_error=False)
+        job = build_definitions(paths).resolve_job_def(job_name)
+        with reporting_to(progress or StudyProgress()):
+            result = job.execute_in_process(instance=instance, run_config=run_config, tags=tags, raise_on_error=False)
         if not result.success:
             return RunOutcome(result.run_id, False, failure_message(result))
         return RunOutcome(result.run_id, True, None, {name: result.output_for_node(name) for name in outputs})

@@ -276,14 +276,19 @@ def format_replicates(
     return f"{mean:.{places}f} ± {spread:.{places}f}{unit}"
 
 
-def summary_to_csv(summary: list[dict]) -> str:
-    """CSV with header :data:`SUMMARY_KEYS`; empty cells for None."""
+def _csv(rows: list[dict], keys) -> str:
+    """CSV with header ``keys``; empty cells for None, floats at full precision."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(SUMMARY_KEYS)
-    for row in summary:
-        writer.writerow(["" if row.get(key) is None else row[key] for key in SUMMARY_KEYS])
+    writer.writerow(keys)
+    for row in rows:
+        writer.writerow(["" if row.get(key) is None else row[key] for key in keys])
     return buffer.getvalue()
+
+
+def summary_to_csv(summary: list[dict]) -> str:
+    """CSV with header :data:`SUMMARY_KEYS`; empty cells for None."""
+    return _csv(summary, SUMMARY_KEYS)
 
 
 def summary_to_markdown(summary: list[dict]) -> str:
@@ -312,12 +317,7 @@ def summary_to_markdown(summary: list[dict]) -> str:
 
 def rows_to_csv(rows: list[dict]) -> str:
     """CSV with header :data:`ROW_KEYS`; empty cells for None, metrics at full float precision."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(ROW_KEYS)
-    for row in rows:
-        writer.writerow(["" if row.get(key) is None else row[key] for key in ROW_KEYS])
-    return buffer.getvalue()
+    return _csv(rows, ROW_KEYS)
 
 
 def _sig3(value: float | None) -> str:

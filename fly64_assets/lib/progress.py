@@ -3,14 +3,19 @@ current partition's epoch and loss, elapsed and remaining time.
 
 On a terminal it is a ``rich`` progress display (rich ships with Dagster: no extra dependency); when the output
 is not a terminal (a CI log, a file) it is plain lines, one per finished partition. The reconstruction step
-reports to whichever it is given as its ``progress`` resource; the default, ``StudyProgress``, reports nothing
-(a run launched from the UI has its run log and metadata instead). Nothing here imports Dagster.
+reports to ``current_progress()``: what ``reporting_to`` set around a run executed in this process (``fly64
+run``), else ``StudyProgress``, which reports nothing (a run launched from the UI, the daemon or a test has its
+run log and metadata instead). A context variable rather than a Dagster resource, so that every other way of
+running the assets (``materialize``, ``materialize_to_memory``, the CLI) needs nothing more. No Dagster here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import TextIO
 
 
@@ -129,3 +134,21 @@ class TerminalProgress(StudyProgress):
 def progress_for(stream: TextIO = sys.stdout) -> StudyProgress:
     """Bars on a terminal, plain lines otherwise."""
     return TerminalProgress(stream) if stream.isatty() else PlainProgress(stream)
+
+
+_CURRENT: ContextVar[StudyProgress] = ContextVar("fly64_study_progress", default=StudyProgress())
+
+
+def current_progress() -> StudyProgress:
+    """Where a step executing in this process reports (silent unless ``reporting_to`` set one)."""
+    return _CURRENT.get()
+
+
+@contextlib.contextmanager
+def reporting_to(progress: StudyProgress) -> Iterator[None]:
+    """Make ``progress`` receive the reports of the steps executed in this process meanwhile."""
+    token = _CURRENT.set(progress)
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)

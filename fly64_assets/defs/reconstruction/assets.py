@@ -42,7 +42,6 @@ from dagster import (
     IdentityPartitionMapping,
     MetadataValue,
     MultiPartitionMapping,
-    ResourceParam,
     StaticPartitionMapping,
     multi_asset,
 )
@@ -72,7 +71,7 @@ from fly64_assets.defs.reconstruction.config import ReconstructionConfig
 from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS
 from fly64_assets.defs.resources import StudyPaths
 from fly64_assets.lib.executor import GPU_STEP_TAGS, reconstruction_backfill_policy
-from fly64_assets.lib.progress import StudyProgress
+from fly64_assets.lib.progress import StudyProgress, current_progress
 
 RECONSTRUCTION = AssetKey("ptychi_reconstruction")
 QUALITY = AssetKey("reconstruction_quality")
@@ -431,11 +430,10 @@ def _outcome(key: str, failures: dict[str, str], input_exists: bool, selected) -
     pool=GPU_POOL,
     op_tags=GPU_STEP_TAGS,
 )
-def ptychi_reconstruction(
-    context: AssetExecutionContext, config: ReconstructionConfig, study_paths: StudyPaths, progress: ResourceParam[StudyProgress]
-) -> Iterator:
+def ptychi_reconstruction(context: AssetExecutionContext, config: ReconstructionConfig, study_paths: StudyPaths) -> Iterator:
     """Reconstruct and/or score every partition of the run (see the module's docstring); each partition's epochs
-    and outcome go to ``progress`` too (the ``fly64`` command's display; silent elsewhere)."""
+    and outcome go to ``current_progress()`` too (the ``fly64`` command's display; silent elsewhere)."""
+    progress = current_progress()
     configuration_errors = study_paths.configuration_errors()
     if configuration_errors:
         raise Failure(description="the study's roots are misconfigured:\n" + "\n".join(configuration_errors))
