@@ -164,7 +164,9 @@ def reconstruct(
     ``progress``: live by the step when it runs in this process, else after its run."""
     progress = progress or StudyProgress()
     datasets = sorted(datasets)
-    config = {"ops": {"ptychi_reconstruction": {"config": options.as_dict()}}}
+    progress.study_started(len(datasets))
+    # One reconstruction at a time in these runs: each may use every core of the machine it runs on.
+    config = {"ops": {"ptychi_reconstruction": {"config": {**options.as_dict(), "share_cores": False}}}}
     outcomes = []
     for start, end in covering_ranges(datasets):
         started = time.perf_counter()
@@ -213,7 +215,6 @@ def run_study(
     observe_inputs(paths, instance)
     counts = record_input_checks(paths, instance)
     progress.message(f"DATA-001 on the inputs: {counts['ok']} ok, {counts['invalid']} invalid, {counts['missing']} missing")
-    progress.study_started(len(plan.selected))
     reconstruct(paths, plan.selected, options, instance, progress)
     return summarize(paths, plan.filters, instance)
 

@@ -1,6 +1,7 @@
 """The study on a real dask cluster: executor choice, the GPU resource tag, the multi-node refusals, and a
 small study on a scheduler with two worker processes (one declaring GPU=1) compared with a local run."""
 
+import io
 import os
 import socket
 import subprocess
@@ -22,6 +23,7 @@ from dagster import (
 )
 
 from fly64_assets import launch
+from fly64_assets.lib.progress import PlainProgress
 from fly64_assets.cli import main
 from fly64_assets.core.bookkeeping import plan_study
 from fly64_assets.core.design import select_datasets
@@ -243,7 +245,7 @@ def test_a_small_study_on_a_real_dask_cluster_runs_every_reconstruction_on_the_g
         (tmp_path / folder).mkdir()
     options = ReconstructionOptions(epochs=EPOCHS)
 
-    lines = []
+    log = io.StringIO()
     with _dask_cluster(tmp_path / "logs") as connect:
         # The local reference: the same study, executed in this process, while the workers start.
         with instance_for_test(temp_dir=str(tmp_path / "local_home")) as local_instance:
@@ -257,13 +259,16 @@ def test_a_small_study_on_a_real_dask_cluster_runs_every_reconstruction_on_the_g
         clean_env.setenv(DASK_SCHEDULER_ENV, client.scheduler.address)
         with instance_for_test(temp_dir=str(tmp_path / "dask_home")) as instance:
             with get_task_stream(client) as stream:
-                launch.reconstruct(dask_paths, plan.selected, options, instance, lines.append)
+                launch.reconstruct(dask_paths, plan.selected, options, instance, PlainProgress(log))
                 outputs = launch.summarize(dask_paths, plan.filters, instance)
             dask_seconds = time.perf_counter() - started
 
             runs = instance.get_runs()
             (reconstruct_run,) = [run for run in runs if run.job_name == RECONSTRUCT_JOB]  # the 4 keys are one range
-            assert all(run.is_success for run in runs), lines
+            assert all(run.is_success for run in runs), log.getvalue()
+            # the steps ran on the workers: each partition is reported when the run ends
+            assert "[4/4] 1000|sparse_test: skipped (input missing)" in log.getvalue()
+            assert "1000|dense_train: reconstructed" in log.getvalue()
             assert [run.job_name for run in runs if run.job_name != RECONSTRUCT_JOB] == [SUMMARIZE_JOB]
 
             # Every partition materialized, as a reconstruction or as a recorded skip, with its own metadata.

@@ -82,12 +82,16 @@ PREVIEW_FILE = "preview.png"
 QUALITY_FILE = "quality.npz"
 
 
-def cpu_threads_per_reconstruction(context: AssetExecutionContext) -> int:
+def cpu_threads_per_reconstruction(context: AssetExecutionContext, share_cores: bool = True) -> int:
     """Torch threads for a CPU reconstruction: the machine's cores shared among the reconstructions the ``gpu``
-    pool lets run at once. Measured on 2 cores: three runs reconstructing at once with torch's default (every
-    core each) took 7x longer than with one thread each (docs/PERFORMANCE.md)."""
+    pool lets run at once (or all of them when the run is alone: ``share_cores=False``). Measured on 2 cores:
+    three runs reconstructing at once with torch's default (every core each) took 7x longer than with one thread
+    each (docs/PERFORMANCE.md)."""
+    cores = os.cpu_count() or 1
+    if not share_cores:
+        return cores
     pools = context.instance.get_settings("concurrency").get("pools") or {}
-    return max(1, (os.cpu_count() or 1) // max(1, int(pools.get("default_limit") or 1)))
+    return max(1, cores // max(1, int(pools.get("default_limit") or 1)))
 
 
 class PartitionFailed(Exception):
@@ -439,7 +443,7 @@ def ptychi_reconstruction(context: AssetExecutionContext, config: Reconstruction
         raise Failure(description="the study's roots are misconfigured:\n" + "\n".join(configuration_errors))
     selected = context.selected_asset_keys
     failures: dict[str, str] = {}
-    cpu_threads = cpu_threads_per_reconstruction(context)
+    cpu_threads = cpu_threads_per_reconstruction(context, config.share_cores)
     with placed_device(config.device) as device:
         for key in context.partition_keys:
             dataset = Dataset.from_partition_key(key)

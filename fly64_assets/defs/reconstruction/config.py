@@ -44,5 +44,12 @@ class ReconstructionConfig(_ReconstructionConfigBase):
         "0 switches it off (real data, whose objectGuess is no truth).",
     )
 
+    share_cores: bool = Field(
+        default=True,
+        description="A CPU reconstruction uses the machine's cores divided by the gpu pool's limit, so that the "
+        "runs the pool lets reconstruct at once do not oversubscribe the cores. False: every core (a run that "
+        "is alone on its machine, as the fly64 command's single run is).",
+    )
+
     def options(self) -> ReconstructionOptions:
-        return ReconstructionOptions(**self.model_dump(exclude={"log_every", "convergence_every"}))
+        return ReconstructionOptions(**self.model_dump(exclude={"log_every", "convergence_every", "share_cores"}))
