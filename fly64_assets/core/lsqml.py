@@ -9,6 +9,7 @@ object of ones (never ``objectGuess``, which is the ground truth in this study).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -145,8 +146,20 @@ def _grid_preserving_center(coords: np.ndarray) -> float:
     return float(np.round(np.mean(coords) - fraction) + fraction)
 
 
-def _build_options(options: ReconstructionOptions, device, batch_size: int):
+def _fixed_tv_weight(options: ReconstructionOptions) -> float:
+    weight = options.regularization.tv_weight
+    if weight is None:
+        raise ValueError(
+            "regularization auto chooses the TV weight per dataset: call fly64_assets.core.regularization."
+            "choose_and_reconstruct (reconstruct() takes off or a fixed tv_* weight)"
+        )
+    return weight
+
+
+def _build_options(options: ReconstructionOptions, device, batch_size: int, warm_probe: bool = False):
     import ptychi.api as api
+
+    tv_weight = _fixed_tv_weight(options)
 
     lsqml = api.LSQMLOptions()
     lsqml.data_options.fft_shift = True  # the files hold DC-centred patterns
@@ -156,7 +169,12 @@ def _build_options(options: ReconstructionOptions, device, batch_size: int):
     recon.noise_model = api.NoiseModels(options.noise_model.value)
     recon.default_device = api.Devices.GPU if device.type == "cuda" else api.Devices.CPU
     recon.random_seed = options.random_seed
+    # A probe carried over from an earlier reconstruction is already on the data's scale.
+    recon.rescale_probe_intensity_in_first_epoch = not warm_probe
     lsqml.object_options.optimizable = options.optimize_object
+    if tv_weight > 0:  # pty-chi: a Chambolle TV step on the object after every epoch
+        lsqml.object_options.total_variation.enabled = True
+        lsqml.object_options.total_variation.weight = tv_weight
     lsqml.probe_options.optimizable = options.optimize_probe
     lsqml.probe_position_options.optimizable = options.optimize_positions
     return lsqml
@@ -171,6 +189,10 @@ class _Prepared:
     positions_yx: np.ndarray
     center_yx: tuple[float, float]
     object_shape: tuple[int, int]
+    initial_object: np.ndarray | None = None
+    """(H, W) starting object in this frame; None: ones."""
+    initial_probe: np.ndarray | None = None
+    """(1, 1, h, w) starting probe already on the data's scale (no first-epoch rescaling); None: the file's probe."""
 
 
 def _prepare(diffraction_amplitude, probe_guess, ycoords, xcoords) -> _Prepared:
@@ -205,11 +227,12 @@ def _run_lsqml(
 
     losses: list[float] = []
     with _isolated_ptychi_state(device, cpu_threads):
+        start_object = np.ones(data.object_shape, np.complex64) if data.initial_object is None else data.initial_object
         task = PtychographyTask(
-            _build_options(options, device, batch_size),
+            _build_options(options, device, batch_size, warm_probe=data.initial_probe is not None),
             diffraction_data=data.intensities,
-            object_data=np.ones((1, *data.object_shape), dtype=np.complex64),
-            probe_data=data.probe,
+            object_data=np.array(start_object, dtype=np.complex64).reshape(1, *data.object_shape),
+            probe_data=data.probe if data.initial_probe is None else data.initial_probe,
             probe_position_x_px=data.positions_yx[:, 1],
             probe_position_y_px=data.positions_yx[:, 0],
         )
@@ -236,6 +259,10 @@ def reconstruct(
     cpu_threads: int | None = None,
     snapshot_every: int = 0,
     on_snapshot: SnapshotCallback | None = None,
+    *,
+    use_patterns: np.ndarray | None = None,
+    initial_object: np.ndarray | None = None,
+    initial_probe: np.ndarray | None = None,
 ) -> ReconstructionResult:
     """Reconstruct one dataset with pty-chi LSQML, epoch by epoch.
 
@@ -246,11 +273,33 @@ def reconstruct(
     torch's threads for a CPU reconstruction (None: torch's default, every core), so that reconstructions
     running side by side share the cores instead of oversubscribing them. ``on_snapshot`` gets the object every
     ``snapshot_every`` epochs and after the last (see ``SnapshotCallback``).
+
+    The object is regularized as ``options.regularization`` fixes it (``off`` or a ``tv_*`` weight;
+    ``auto`` raises ValueError: the choice is ``core.regularization.choose_and_reconstruct``'s). For that
+    choice: ``use_patterns`` (boolean, one per pattern) reconstructs on a subset only, in the object frame
+    (size and ``object_origin_yx``) of all the positions, so a left-out position's window lies inside the
+    object; ``initial_object`` (an earlier result's object, same frame) and ``initial_probe`` (its probe,
+    not rescaled again) continue from an earlier state.
     """
     import torch
 
     device = resolve_device(options.device)
+    _fixed_tv_weight(options)  # auto: fail before any work
     data = _prepare(diffraction_amplitude, probe_guess, ycoords, xcoords)
+    if use_patterns is not None:
+        use_patterns = np.asarray(use_patterns, dtype=bool)
+        if use_patterns.shape != (len(data.intensities),) or not use_patterns.any():
+            raise ValueError(f"use_patterns must be a boolean mask of {len(data.intensities)} patterns, not all False")
+        data = dataclasses.replace(
+            data, intensities=data.intensities[use_patterns], positions_yx=data.positions_yx[use_patterns]
+        )
+    if initial_object is not None:
+        initial_object = np.asarray(initial_object, dtype=np.complex64).reshape(-1, *initial_object.shape[-2:])[0]
+        if initial_object.shape != data.object_shape:
+            raise ValueError(f"initial_object has shape {initial_object.shape}, this dataset's frame is {data.object_shape}")
+    if initial_probe is not None:
+        initial_probe = np.asarray(initial_probe, dtype=np.complex64).reshape(1, 1, *data.probe.shape[-2:])
+    data = dataclasses.replace(data, initial_object=initial_object, initial_probe=initial_probe)
     batch_size = balanced_batch_size(len(data.intensities), options.batch_size)
     snapshot = (snapshot_every, on_snapshot) if snapshot_every > 0 and on_snapshot is not None else None
     tried: list[int] = []

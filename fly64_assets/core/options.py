@@ -18,6 +18,39 @@ class NoiseModel(str, Enum):
     poisson = "poisson"
 
 
+class Regularization(str, Enum):
+    """Total-variation (TV) regularization of the object (pty-chi ``object_options.total_variation``, a Chambolle
+    TV step of weight w on the object after every epoch). ``auto`` chooses the weight per dataset without the
+    truth (``core/regularization.py``: held-out patterns); ``tv_<w>`` fixes it (``tv_0_03`` is w = 0.03).
+    A fixed weight is a set of members, not a float, so that the Dagster launchpad and the ``fly64`` flags
+    both offer it as a choice; the grid is the one measured in docs/SCIENCE.md."""
+
+    off = "off"
+    auto = "auto"
+    tv_0_003 = "tv_0_003"
+    tv_0_01 = "tv_0_01"
+    tv_0_03 = "tv_0_03"
+    tv_0_1 = "tv_0_1"
+    tv_0_3 = "tv_0_3"
+
+    @property
+    def tv_weight(self) -> float | None:
+        """The fixed TV weight (0 for ``off``), or None for ``auto`` (chosen per dataset)."""
+        if self is Regularization.auto:
+            return None
+        if self is Regularization.off:
+            return 0.0
+        return float(self.value.removeprefix("tv_").replace("_", "."))
+
+    @classmethod
+    def for_weight(cls, weight: float) -> Regularization:
+        """The member of a fixed weight (0: ``off``); ValueError for a weight outside the grid."""
+        for member in cls:
+            if member is not cls.auto and member.tv_weight == weight:
+                return member
+        raise ValueError(f"no Regularization member for TV weight {weight}")
+
+
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
 
 
@@ -44,6 +77,17 @@ class ReconstructionOptions(BaseModel):
     optimize_positions: bool = Field(default=False, description="Refine the scan positions (the synthetic ones are exact).")
     random_seed: int | None = Field(
         default=0, description="Seed of pty-chi's random mini-batching, so a rerun reproduces the result (none: unseeded)."
+    )
+    regularization: Regularization = Field(
+        default=Regularization.off,
+        description="Total-variation regularization of the object: off; auto (the weight chosen per dataset "
+        "without the truth, by predicting held-out patterns: about 1.7x one reconstruction's time, see "
+        "docs/SCIENCE.md); or a fixed weight tv_0_003 ... tv_0_3 (tv_0_1 is weight 0.1).",
+    )
+    holdout_percent: int = Field(
+        default=10, ge=1, le=50,
+        description="regularization auto: percentage of the patterns held out (seeded by random_seed) to score "
+        "each candidate weight; the final reconstruction uses every pattern.",
     )
 
     def as_dict(self) -> dict:

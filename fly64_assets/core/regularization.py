@@ -1,0 +1,371 @@
+"""Choosing the object's total-variation (TV) weight per dataset without the ground truth.
+
+Why: at low dose an unregularized LSQML reconstruction fits the photon noise, and a TV step after each epoch
+removes much of it; at high dose the same weight blurs real detail. The right weight follows the dose (and the
+overlap, the object, the probe), so it is chosen from the data themselves, the way it would be on real data:
+
+1. Hold out a seeded random ``holdout_percent`` of the patterns.
+2. Reconstruct on the rest once per candidate weight (0 = no regularization among them). To keep this cheap
+   the candidates share an unregularized start (20 % of the epochs, on the kept patterns), then each
+   candidate continues from that object and probe for 10 % of the epochs with its own weight.
+3. Predict each held-out pattern from each candidate's object and probe, with pty-chi's forward model
+   (``|FFT(probe x object window)|^2``, DC-centred like the files) and score the prediction against the
+   measured counts by the Poisson deviance (the photon-counting likelihood, zero for a perfect fit).
+4. Keep the candidate with the lowest deviance; reconstruct the final result on every pattern, from scratch,
+   with the chosen weight and the options' full number of epochs, exactly as a fixed-weight run would.
+
+A held-out pattern tests a candidate only where the other patterns' probes lit the object under it; in a scan
+with little overlap nothing can be validated, and ``auto`` then reconstructs without regularization and records
+why (``MIN_COVERAGE``), as it does for a dataset with too few patterns to spare any (``MIN_PATTERNS``).
+
+The measurements behind the method and its cost are in docs/SCIENCE.md. No Dagster here; torch and pty-chi are
+only imported by ``core.lsqml`` when a reconstruction runs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from fly64_assets.core.lsqml import (
+    EpochCallback,
+    ReconstructionResult,
+    SnapshotCallback,
+    reconstruct,
+)
+from fly64_assets.core.options import ReconstructionOptions, Regularization
+
+CANDIDATES: tuple[Regularization, ...] = (
+    Regularization.off,
+    Regularization.tv_0_003,
+    Regularization.tv_0_01,
+    Regularization.tv_0_03,
+    Regularization.tv_0_1,
+    Regularization.tv_0_3,
+)
+"""The weights ``auto`` compares: none and every fixed weight of the grid (0.003 ... 0.3)."""
+
+SHARED_FRACTION = 0.2
+"""Unregularized epochs the candidates start from, as a fraction of the options' epochs (20 of 100). Measured: the
+choice agrees with the one made from candidates reconstructed from scratch for all 100 epochs (docs/SCIENCE.md)."""
+CANDIDATE_FRACTION = 0.1
+"""Epochs of each candidate after the shared start, as a fraction of the options' epochs (10 of 100)."""
+HOLDOUT_SEED_KEY = 7919
+"""Mixed with the options' random_seed so the held-out set does not depend on pty-chi's own batching stream."""
+MIN_PATTERNS = 20
+"""Fewer patterns than this: nothing can be held out without hurting the reconstruction; no regularization."""
+MIN_COVERAGE = 0.5
+"""A held-out pattern can only judge a candidate where the kept patterns' probes lit the object under it. Below
+this mean ``held_out_coverage`` (a scan with little overlap, like the study's dense and sparse views) the choice
+cannot be validated, so ``auto`` falls back to no regularization and says so."""
+LIT_FRACTION = 0.1
+"""A pixel counts as lit when the kept probes' summed intensity there reaches this fraction of the probe's peak."""
+
+
+@dataclass(frozen=True)
+class CandidateScore:
+    """One candidate weight, scored on the held-out patterns."""
+
+    regularization: str
+    tv_weight: float
+    poisson_deviance: float
+    """Mean over held-out pixels of 2 (n log(n / mu) - (n - mu)), n the measured counts, mu the prediction."""
+    amplitude_mse: float
+    """Mean over held-out pixels of (sqrt(mu) - sqrt(n))^2: the Gaussian (amplitude) model's score, for comparison."""
+    wall_time_s: float
+
+
+@dataclass(frozen=True)
+class RegularizationChoice:
+    """The record of one truth-free choice: what was compared, how it scored, what was kept, what it cost."""
+
+    chosen: str
+    chosen_tv_weight: float
+    candidates: list[CandidateScore]
+    n_patterns: int
+    n_held_out: int
+    holdout_seed: int
+    held_out_coverage: float
+    """``held_out_coverage`` of the held-out set (about 1: every held-out window overlapped by the kept scan)."""
+    shared_epochs: int
+    candidate_epochs: int
+    final_epochs: int
+    epochs_spent: int
+    """Pattern-epochs of every reconstruction, in units of full-data epochs (kept fraction x epochs for the
+    candidates), including the final reconstruction."""
+    cost_factor: float
+    """``epochs_spent / final_epochs``: the cost relative to one fixed-weight reconstruction."""
+    choice_wall_time_s: float
+    """Wall time of the choice (shared start, candidates, scoring)."""
+    final_wall_time_s: float
+    wall_time_s: float
+    """Choice plus final reconstruction."""
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        """Plain JSON values, for the reconstruction record and the partition's metadata."""
+        return asdict(self)
+
+    def summary(self) -> str:
+        scores = ", ".join(f"{c.tv_weight:g}: {c.poisson_deviance:.5f}" for c in self.candidates)
+        return (
+            f"TV weight {self.chosen_tv_weight:g} chosen on {self.n_held_out} held-out patterns "
+            f"(Poisson deviance per pixel {scores}); cost {self.cost_factor:.2f}x one reconstruction, "
+            f"{self.wall_time_s:.1f} s"
+        )
+
+
+def holdout_mask(n_patterns: int, percent: int, seed: int | None) -> np.ndarray:
+    """Boolean (n,): True for the held-out patterns, a seeded random ``percent`` of them (at least one, and at
+    least one kept)."""
+    if n_patterns < 2:
+        raise ValueError(f"choosing a regularization needs at least 2 patterns, got {n_patterns}")
+    n_out = min(n_patterns - 1, max(1, round(n_patterns * percent / 100)))
+    rng = np.random.default_rng(np.random.SeedSequence([HOLDOUT_SEED_KEY, 0 if seed is None else seed]))
+    held = np.zeros(n_patterns, dtype=bool)
+    held[rng.choice(n_patterns, size=n_out, replace=False)] = True
+    return held
+
+
+def held_out_coverage(probe: np.ndarray, ycoords: np.ndarray, xcoords: np.ndarray, held: np.ndarray) -> float:
+    """Mean over the held-out positions of the fraction of their probe's intensity that falls on object pixels
+    lit by the kept positions' probes (summed intensity at least ``LIT_FRACTION`` of the probe's peak): about 1
+    for an overlapping raster, near 0 when the positions are farther apart than the probe is wide."""
+    intensity = np.sum(np.abs(np.asarray(probe).reshape(-1, *np.shape(probe)[-2:])) ** 2, axis=0)
+    size = intensity.shape[-1]
+    ys, xs = np.asarray(ycoords, float), np.asarray(xcoords, float)
+    first_y = np.rint(ys - ys.min()).astype(int)
+    first_x = np.rint(xs - xs.min()).astype(int)
+    lit = np.zeros((first_y.max() + size, first_x.max() + size))
+    for y, x in zip(first_y[~held], first_x[~held]):
+        lit[y : y + size, x : x + size] += intensity
+    lit = lit >= LIT_FRACTION * intensity.max()
+    fractions = [np.sum(intensity * lit[y : y + size, x : x + size]) / np.sum(intensity)
+                 for y, x in zip(first_y[held], first_x[held])]
+    return float(np.mean(fractions))
+
+
+def _fourier_shift(patches: np.ndarray, shift_yx: np.ndarray) -> np.ndarray:
+    """Shift each (h, w) patch by its own sub-pixel ``shift_yx`` (out[i] = patch[i - shift]), periodic."""
+    fy = np.fft.fftfreq(patches.shape[-2])[None, :, None]
+    fx = np.fft.fftfreq(patches.shape[-1])[None, None, :]
+    ramp = np.exp(-2j * np.pi * (fy * shift_yx[:, 0, None, None] + fx * shift_yx[:, 1, None, None]))
+    return np.fft.ifft2(np.fft.fft2(patches) * ramp)
+
+
+def object_windows(
+    obj: np.ndarray, origin_yx: tuple[float, float], ycoords: np.ndarray, xcoords: np.ndarray, size: int
+) -> np.ndarray:
+    """The (n, size, size) object windows under the probe at each position, as pty-chi cuts them.
+
+    Positions are probe centres in the input frame (``objectGuess`` pixels); ``obj[i, j]`` lies at
+    ``origin_yx + (i, j)``. A window's first pixel is ``centre - (size - 1) / 2``; on the pixel grid (the
+    synthetic case) it is cut as is, otherwise cut one pixel wider and moved by the fraction with a Fourier
+    shift, as pty-chi's ``extract_patches_fourier_shift`` does.
+    """
+    starts = np.stack([np.asarray(ycoords, float) - origin_yx[0], np.asarray(xcoords, float) - origin_yx[1]], 1)
+    starts = starts - (size - 1) / 2
+    whole = np.floor(starts + 1e-6).astype(np.int64)
+    fraction = starts - whole
+    on_grid = bool(np.all(np.abs(fraction) < 1e-6))
+    pad = 0 if on_grid else 1
+    first = whole - pad
+    width = size + 2 * pad
+    if first.min() < 0 or (first[:, 0] + width).max() > obj.shape[-2] or (first[:, 1] + width).max() > obj.shape[-1]:
+        raise ValueError("a position's window reaches outside the reconstructed object")
+    offsets = np.arange(width)
+    windows = obj[first[:, 0, None, None] + offsets[None, :, None], first[:, 1, None, None] + offsets[None, None, :]]
+    if on_grid:
+        return windows.astype(np.complex128)
+    shifted = _fourier_shift(windows.astype(np.complex128), -fraction)
+    return shifted[:, pad:-pad, pad:-pad]
+
+
+def predict_intensities(
+    obj: np.ndarray, probe: np.ndarray, origin_yx: tuple[float, float], ycoords: np.ndarray, xcoords: np.ndarray
+) -> np.ndarray:
+    """Predicted patterns (n, h, w), DC-centred like the files: ``fftshift(sum_modes |fft2(probe_m x window)|^2)``
+    (pty-chi's far field: unnormalised FFT). ``probe`` is (h, w) or (modes, h, w)."""
+    probe = np.asarray(probe, dtype=np.complex128).reshape(-1, *np.shape(probe)[-2:])
+    windows = object_windows(obj, origin_yx, ycoords, xcoords, probe.shape[-1])
+    intensity = np.zeros(windows.shape, dtype=np.float64)
+    for mode in probe:
+        intensity += np.abs(np.fft.fft2(mode[None] * windows)) ** 2
+    return np.fft.fftshift(intensity, axes=(-2, -1))
+
+
+def poisson_deviance(counts: np.ndarray, predicted: np.ndarray) -> float:
+    """Mean Poisson deviance per pixel, ``2 (n log(n / mu) - (n - mu))`` (n log n = 0 at n = 0)."""
+    n = np.asarray(counts, dtype=np.float64)
+    mu = np.maximum(np.asarray(predicted, dtype=np.float64), 1e-9)
+    log_term = np.where(n > 0, n * np.log(np.where(n > 0, n, 1.0) / mu), 0.0)
+    return float(np.mean(2.0 * (log_term - (n - mu))))
+
+
+def amplitude_mse(counts: np.ndarray, predicted: np.ndarray) -> float:
+    """Mean squared amplitude error per pixel (the Gaussian noise model's misfit)."""
+    return float(np.mean((np.sqrt(np.maximum(predicted, 0.0)) - np.sqrt(np.maximum(counts, 0.0))) ** 2))
+
+
+def _weight(member: Regularization) -> float:
+    weight = member.tv_weight
+    if weight is None:
+        raise ValueError(f"{member.value} is not a fixed weight")
+    return weight
+
+
+def _score(result: ReconstructionResult, amplitudes, ycoords, xcoords, member: Regularization, wall: float) -> CandidateScore:
+    predicted = predict_intensities(result.object, result.probe, result.object_origin_yx, ycoords, xcoords)
+    counts = np.square(np.asarray(amplitudes, dtype=np.float64))
+    return CandidateScore(
+        regularization=member.value,
+        tv_weight=_weight(member),
+        poisson_deviance=poisson_deviance(counts, predicted),
+        amplitude_mse=amplitude_mse(counts, predicted),
+        wall_time_s=wall,
+    )
+
+
+def candidate_epochs_for(epochs: int) -> tuple[int, int]:
+    """(shared, per candidate) epochs of the choice for a reconstruction of ``epochs`` epochs: (20, 10) for 100."""
+    return max(1, round(SHARED_FRACTION * epochs)), max(1, round(CANDIDATE_FRACTION * epochs))
+
+
+def score_candidates(
+    diffraction_amplitude: np.ndarray,
+    probe_guess: np.ndarray,
+    ycoords: np.ndarray,
+    xcoords: np.ndarray,
+    options: ReconstructionOptions,
+    candidates: tuple[Regularization, ...] = CANDIDATES,
+    shared_epochs: int | None = None,
+    candidate_epochs: int | None = None,
+    cpu_threads: int | None = None,
+) -> tuple[list[CandidateScore], np.ndarray, float]:
+    """Reconstruct each candidate on the kept patterns and score it on the held-out ones.
+
+    ``shared_epochs`` > 0: an unregularized start shared by the candidates, which each continue for
+    ``candidate_epochs``; 0: each candidate from scratch for ``candidate_epochs``. Returns the scores (in the
+    order of ``candidates``), the held-out mask and the pattern-epochs spent (in full-data epochs). Epochs left
+    None follow ``options.epochs`` (``candidate_epochs_for``).
+    """
+    default_shared, default_candidate = candidate_epochs_for(options.epochs)
+    shared_epochs = default_shared if shared_epochs is None else shared_epochs
+    candidate_epochs = default_candidate if candidate_epochs is None else candidate_epochs
+    amplitudes = np.asarray(diffraction_amplitude)
+    ycoords, xcoords = np.asarray(ycoords, float), np.asarray(xcoords, float)
+    held = holdout_mask(len(amplitudes), options.holdout_percent, options.random_seed)
+    kept_fraction = float(np.mean(~held))
+    initial_object = initial_probe = None
+    epochs_spent = 0.0
+    if shared_epochs > 0:
+        shared_options = options.model_copy(update={"regularization": Regularization.off, "epochs": shared_epochs})
+        shared = reconstruct(amplitudes, probe_guess, ycoords, xcoords, shared_options, cpu_threads=cpu_threads,
+                             use_patterns=~held)
+        initial_object, initial_probe = shared.object, shared.probe
+        epochs_spent += kept_fraction * shared_epochs
+    scores = []
+    for member in candidates:
+        candidate_options = options.model_copy(update={"regularization": member, "epochs": candidate_epochs})
+        began = time.perf_counter()
+        result = reconstruct(amplitudes, probe_guess, ycoords, xcoords, candidate_options, cpu_threads=cpu_threads,
+                             use_patterns=~held, initial_object=initial_object, initial_probe=initial_probe)
+        epochs_spent += kept_fraction * candidate_epochs
+        scores.append(_score(result, amplitudes[held], ycoords[held], xcoords[held], member, time.perf_counter() - began))
+    return scores, held, epochs_spent
+
+
+def choose_and_reconstruct(
+    diffraction_amplitude: np.ndarray,
+    probe_guess: np.ndarray,
+    ycoords: np.ndarray,
+    xcoords: np.ndarray,
+    options: ReconstructionOptions | None = None,
+    on_epoch: EpochCallback | None = None,
+    cpu_threads: int | None = None,
+    snapshot_every: int = 0,
+    on_snapshot: SnapshotCallback | None = None,
+    *,
+    candidates: tuple[Regularization, ...] = CANDIDATES,
+    shared_epochs: int | None = None,
+    candidate_epochs: int | None = None,
+) -> tuple[ReconstructionResult, RegularizationChoice | None]:
+    """The reconstruction ``options`` ask for, with the TV weight chosen here when they say ``auto``.
+
+    With ``off`` or a fixed ``tv_*`` weight this is one ``lsqml.reconstruct`` and the record is None. With
+    ``auto``: the candidates are scored on held-out patterns (module docstring), then the final reconstruction
+    runs on every pattern with the winner and ``options.epochs`` epochs; ``on_epoch`` and the snapshots (as in
+    ``lsqml.reconstruct``) are of that final run only; ``options`` None: the study's defaults with ``auto``. The returned result's ``options`` carry the chosen weight (e.g. ``tv_0_1``), so the record
+    beside the reconstruction says what was run. Deterministic for a given ``options.random_seed``.
+
+    No choice is made (one reconstruction, ``cost_factor`` 1, the reason in ``notes``) when ``candidates`` holds a
+    single weight (reusing the weight chosen on a sibling dataset, e.g. the other split at the same dose and
+    view), when the dataset has fewer than ``MIN_PATTERNS`` patterns, or when the held-out patterns are not
+    overlapped by the kept scan (``MIN_COVERAGE``); the last two reconstruct without regularization.
+    """
+    options = ReconstructionOptions(regularization=Regularization.auto) if options is None else options
+    if options.regularization is not Regularization.auto:
+        return reconstruct(diffraction_amplitude, probe_guess, ycoords, xcoords, options, on_epoch, cpu_threads,
+                           snapshot_every, on_snapshot), None
+    if not candidates or any(member.tv_weight is None for member in candidates):
+        raise ValueError(f"regularization auto needs fixed candidate weights (off or tv_*), got {candidates}")
+    n_patterns = len(diffraction_amplitude)
+    seed = 0 if options.random_seed is None else options.random_seed
+    fallback, coverage = Regularization.off, 0.0
+    if len(candidates) == 1:
+        fallback = candidates[0]
+        note = f"a single candidate ({fallback.value}, e.g. the weight chosen on the other split): nothing to choose"
+    elif n_patterns < MIN_PATTERNS:
+        note = f"only {n_patterns} patterns (< {MIN_PATTERNS}): none to spare for a held-out set"
+    else:
+        held = holdout_mask(n_patterns, options.holdout_percent, options.random_seed)
+        coverage = held_out_coverage(probe_guess, ycoords, xcoords, held)
+        note = (f"held-out coverage {coverage:.2f} < {MIN_COVERAGE}: the scan overlaps too little to validate a "
+                "weight on held-out patterns" if coverage < MIN_COVERAGE else "")
+    if note:
+        final_options = options.model_copy(update={"regularization": fallback})
+        result = reconstruct(diffraction_amplitude, probe_guess, ycoords, xcoords, final_options, on_epoch, cpu_threads,
+                             snapshot_every, on_snapshot)
+        return result, RegularizationChoice(
+            chosen=fallback.value, chosen_tv_weight=_weight(fallback), candidates=[], n_patterns=n_patterns,
+            n_held_out=0, holdout_seed=seed, held_out_coverage=coverage, shared_epochs=0, candidate_epochs=0,
+            final_epochs=options.epochs, epochs_spent=options.epochs, cost_factor=1.0, choice_wall_time_s=0.0,
+            final_wall_time_s=result.wall_time_s, wall_time_s=result.wall_time_s,
+            notes=[f"{note}; reconstructed with {fallback.value}"],
+        )
+    default_shared, default_candidate = candidate_epochs_for(options.epochs)
+    shared_epochs = default_shared if shared_epochs is None else shared_epochs
+    candidate_epochs = default_candidate if candidate_epochs is None else candidate_epochs
+    began = time.perf_counter()
+    scores, held, epochs_spent = score_candidates(
+        diffraction_amplitude, probe_guess, ycoords, xcoords, options, candidates, shared_epochs, candidate_epochs,
+        cpu_threads,
+    )
+    best = min(range(len(scores)), key=lambda i: (scores[i].poisson_deviance, i))
+    chosen = candidates[best]
+    choice_wall = time.perf_counter() - began
+    final_options = options.model_copy(update={"regularization": chosen})
+    result = reconstruct(diffraction_amplitude, probe_guess, ycoords, xcoords, final_options, on_epoch, cpu_threads,
+                         snapshot_every, on_snapshot)
+    epochs_spent += options.epochs
+    record = RegularizationChoice(
+        chosen=chosen.value,
+        chosen_tv_weight=_weight(chosen),
+        candidates=scores,
+        n_patterns=len(held),
+        n_held_out=int(held.sum()),
+        holdout_seed=seed,
+        held_out_coverage=coverage,
+        shared_epochs=shared_epochs,
+        candidate_epochs=candidate_epochs,
+        final_epochs=options.epochs,
+        epochs_spent=math.ceil(epochs_spent),
+        cost_factor=epochs_spent / options.epochs,
+        choice_wall_time_s=choice_wall,
+        final_wall_time_s=result.wall_time_s,
+        wall_time_s=choice_wall + result.wall_time_s,
+    )
+    return result, record
