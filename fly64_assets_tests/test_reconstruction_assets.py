@@ -158,3 +158,17 @@ def test_quality_alone_rescores_a_saved_reconstruction(study_paths, instance):
     assert rescored.success
     assert list(_materializations(rescored, RECONSTRUCTION)) == []  # nothing reconstructed again
     assert "phase_mae" in _materializations(rescored, QUALITY)["10000|dense_test"]
+
+
+def test_auto_regularization_records_its_candidates_and_choice_per_partition(study_paths, instance):
+    result = _materialize(study_paths, instance, partition_key="1000|baseline_train", regularization="auto", epochs=20)
+    assert result.success
+    metadata = _materializations(result, RECONSTRUCTION)["1000|baseline_train"]
+    choice = metadata["regularization_choice"]
+    assert [candidate["regularization"] for candidate in choice["candidates"]][0] == "off"  # "none" is a candidate
+    best = min(choice["candidates"], key=lambda candidate: candidate["poisson_deviance"])
+    assert choice["chosen"] == best["regularization"] == metadata["regularization"]
+    assert metadata["tv_weight"] == best["tv_weight"] and 1.0 < metadata["regularization_cost_factor"] < 2.5
+    record = read_record(study_paths.artifact_dir(Dataset(1000, "baseline", "train")), RECONSTRUCTION_RECORD)
+    assert record["requested_regularization"] == "auto" and record["regularization"]["chosen"] == choice["chosen"]
+    assert record["options"]["regularization"] == choice["chosen"]  # the final reconstruction used the choice

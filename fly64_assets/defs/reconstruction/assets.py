@@ -61,7 +61,8 @@ from fly64_assets.core.contract import ContractError, load_valid
 from fly64_assets.core.design import PHASE_D_VIEW_SPLITS, SPLITS, Dataset
 from fly64_assets.core.geometry import Geometry, GeometryError, resolve_geometry
 from fly64_assets.core.gpu_placement import placed_device
-from fly64_assets.core.lsqml import DeviceUnavailableError, GpuOutOfMemoryError, ReconstructionResult, reconstruct
+from fly64_assets.core.lsqml import DeviceUnavailableError, GpuOutOfMemoryError, ReconstructionResult
+from fly64_assets.core.regularization import choose_and_reconstruct
 from fly64_assets.core.ptychodus_product import write_products
 from fly64_assets.defs.automation import react_to_inputs
 from fly64_assets.defs.inputs.assets import file_sha256, phase_c_patched, phase_d_overlap
@@ -211,12 +212,15 @@ def _reconstruct_partition(
         progress.partition_started(key, options.epochs)
         convergence = _convergence_recorder(config, study_paths, dataset, arrays, load, job_log)
         try:
-            result = reconstruct(
+            result, choice = choose_and_reconstruct(
                 arrays["diffraction"], arrays["probeGuess"], arrays["ycoords"], arrays["xcoords"], options, report_epoch,
                 cpu_threads, snapshot_every=convergence.every if convergence else 0, on_snapshot=convergence,
             )
         except (DeviceUnavailableError, GpuOutOfMemoryError) as error:
             raise PartitionFailed(str(error)) from error
+        if choice is not None:
+            job_log.info("regularization: %s", choice.summary())
+            context.log.info(f"{key} regularization: {choice.summary()}")
         if len(result.batch_sizes_tried) > 1:
             context.log.warning(f"{key}: out of GPU memory, batch sizes tried {list(result.batch_sizes_tried)}")
         npz_path, preview_path, preview, products = _save(dataset, result, out_dir, arrays, geometry)
@@ -241,6 +245,8 @@ def _reconstruct_partition(
         "final_loss": float(result.loss_per_epoch[-1]),
         "object_origin_yx": list(result.object_origin_yx),
         "options": result.options.as_dict(),
+        "requested_regularization": options.regularization.value,
+        "regularization": choice.as_dict() if choice else None,
         "batch_size_used": result.batch_sizes_tried[-1],
         "convergence": convergence.curve if convergence else None,
         **facts,
@@ -258,6 +264,17 @@ def _reconstruct_partition(
             "device": result.device,
             "n_patterns": result.n_patterns,
             "epochs": options.epochs,
+            "regularization": result.options.regularization.value,
+            "tv_weight": result.options.regularization.tv_weight,
+            **(
+                {
+                    "regularization_choice": MetadataValue.json(choice.as_dict()),
+                    "regularization_cost_factor": choice.cost_factor,
+                    "regularization_choice_wall_time_s": choice.choice_wall_time_s,
+                }
+                if choice
+                else {}
+            ),
             "batch_size": result.batch_sizes_tried[-1],
             "loss_per_epoch": MetadataValue.json([round(v, 8) for v in result.loss_per_epoch.tolist()]),
             **({"convergence": MetadataValue.json(convergence.curve)} if convergence else {}),
