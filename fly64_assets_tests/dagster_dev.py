@@ -192,6 +192,12 @@ class SeparateServices(DagsterDev):
         self.daemons.append(self.spawn([self.executable("dagster-daemon"), "run", "-w", "workspace.yaml"], log))
 
     def start(self, timeout_s: float = 180.0) -> None:
+        # Create the instance's storage first: a daemon and a webserver creating a fresh SQLite schema at the same
+        # moment can both stamp its migration table ("more than one head"; seen once in CI).
+        from dagster import DagsterInstance
+
+        with DagsterInstance.from_config(self.env["DAGSTER_HOME"]):
+            pass
         self.start_daemon()
         super().start(timeout_s)
 
