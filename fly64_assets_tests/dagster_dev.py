@@ -18,6 +18,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from dagster import DagsterInstance
+
 TERMINAL_BACKFILL_STATUSES = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 UI_BACKFILL_ASSETS = ["ptychi_reconstruction", "reconstruction_manifest", "reconstruction_quality", "skip_summary", "study_report"]
 """What the asset graph's "Materialize all (5)" selects: every materializable asset of the study."""
@@ -194,8 +196,6 @@ class SeparateServices(DagsterDev):
     def start(self, timeout_s: float = 180.0) -> None:
         # Create the instance's storage first: a daemon and a webserver creating a fresh SQLite schema at the same
         # moment can both stamp its migration table ("more than one head"; seen once in CI).
-        from dagster import DagsterInstance
-
         with DagsterInstance.from_config(self.env["DAGSTER_HOME"]):
             pass
         self.start_daemon()

@@ -46,43 +46,28 @@ class StudyProgress:
         """The study is over: leave the final state on screen."""
 
 
-class _Tally(StudyProgress):
-    """Counts finished partitions and estimates the time left from the mean time per finished partition."""
+class PlainProgress(StudyProgress):
+    """Plain lines for a log: one per finished partition, with the counts and the times (the time left from
+    the mean time per finished partition)."""
 
-    def __init__(self) -> None:
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
         self.total, self.done, self.started = 0, 0, time.monotonic()
+        self.last_loss: dict[str, tuple[int, float]] = {}
 
     def study_started(self, total_partitions: int) -> None:
         self.total, self.done, self.started = total_partitions, 0, time.monotonic()
-
-    def partition_finished(self, key: str, outcome: str) -> None:
-        self.done += 1
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-    def remaining(self) -> float | None:
-        return self.elapsed() / self.done * (self.total - self.done) if self.done else None
-
-
-class PlainProgress(_Tally):
-    """Plain lines for a log: one per finished partition, with the counts and the times."""
-
-    def __init__(self, stream: TextIO) -> None:
-        super().__init__()
-        self.stream = stream
-        self.last_loss: dict[str, tuple[int, float]] = {}
 
     def epoch(self, key: str, epoch: int, loss: float) -> None:
         self.last_loss[key] = (epoch, loss)
 
     def partition_finished(self, key: str, outcome: str) -> None:
-        super().partition_finished(key, outcome)
+        self.done += 1
         epoch_loss = self.last_loss.pop(key, None)
         detail = f", {epoch_loss[0]} epochs, final loss {epoch_loss[1]:.4g}" if epoch_loss else ""
-        remaining = self.remaining()
-        left = f", about {_clock(remaining)} left" if remaining is not None and self.done < self.total else ""
-        self.message(f"[{self.done}/{self.total}] {key}: {outcome}{detail} (elapsed {_clock(self.elapsed())}{left})")
+        elapsed = time.monotonic() - self.started
+        left = f", about {_clock(elapsed / self.done * (self.total - self.done))} left" if self.done < self.total else ""
+        self.message(f"[{self.done}/{self.total}] {key}: {outcome}{detail} (elapsed {_clock(elapsed)}{left})")
 
     def message(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
