@@ -1,6 +1,6 @@
 """The object's TV regularization per dose: fixed weights against the truth-free choice, scored against the truth.
 
-    python bench/regularization_study.py [--scale demo|mid|mid18|full] [--splits train,test]
+    python bench/regularization_study.py [--scale demo|standard|mid|mid18|full] [--splits train,test]
         [--doses 1000,10000,100000] [--epochs 100] [--threads 1] [--check-expensive] [--json out.json]
 
 For each (dose, split) of the baseline view (Phase C, ``synthetic.simulate_split``): LSQML with no regularization,
@@ -11,7 +11,7 @@ after registration and phase-offset removal, on the probe-centre bounding box of
 ``--check-expensive`` also scores the candidates the expensive way (each from scratch for the full epochs on the
 kept patterns) and says whether the cheap choice (shared start, short candidates) picks the same weight.
 
-Scales: ``demo`` and ``full`` are the study's (``synthetic.SCALES``); two middle ones are defined only here:
+Scales: ``demo``, ``standard`` (the default study) and ``full`` are the study's (``synthetic.SCALES``); two more are defined only here:
 ``mid`` (544 px object, step 15 like demo: 512 patterns per split) and ``mid18`` (640 px, step 18 like full:
 512 patterns per split, the full study's overlap).
 """

@@ -21,6 +21,7 @@ from fly64_assets.core import bookkeeping
 from fly64_assets.core.artifacts import write_json
 from fly64_assets.core.contract import check_file
 from fly64_assets.core.options import ReconstructionOptions
+from fly64_assets.core.synthetic import DEFAULT_SCALE, SCALES, simulate_study, simulated_scale
 from fly64_assets.defs.resources import StudyPaths, default_data_dir, synthetic_root
 from fly64_assets.lib.cluster_preflight import check_dask_setup
 from fly64_assets.lib.executor import DASK, dask_cluster_from_env, executor_name
@@ -28,6 +29,10 @@ from fly64_assets.lib.progress import progress_for
 from fly64_assets.core.design import ALL_DATASETS, DOSES, SIMULATION_SEED, SPLITS, VIEWS, Dataset, select_datasets
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+SCALE_HELP = (
+    "size of the synthetic study: demo (98 patterns per split, for a first look and the tests), standard (128 per "
+    "split, a dense view that covers its area: the default), full (2048 per split, like fly64)"
+)
 
 
 class UsageError(Exception):
@@ -86,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = commands.add_parser("simulate", help="write the synthetic Phase C/D tree")
     simulate.add_argument("out", type=Path, help="output folder (gets phase_c/ and phase_d/)")
-    simulate.add_argument("--scale", choices=["demo", "full"], default="demo")
+    simulate.add_argument("--scale", choices=list(SCALES), default=DEFAULT_SCALE, help=SCALE_HELP)
     simulate.add_argument("--seed", type=int, default=SIMULATION_SEED)
 
     check = commands.add_parser("check", help="DATA-001 on every expected input file")
@@ -107,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     study = commands.add_parser("study", help="the whole default study: simulate if absent, run all, summarize")
     _add_reconstruction(study)
-    study.add_argument("--scale", choices=["demo", "full"], default="demo")
+    study.add_argument("--scale", choices=list(SCALES), default=DEFAULT_SCALE, help=SCALE_HELP)
     return parser
 
 
@@ -145,8 +150,6 @@ def _write_reports(paths: StudyPaths, manifest: dict) -> None:
 
 
 def cmd_simulate(args) -> int:
-    from fly64_assets.core.synthetic import simulate_study
-
     started = time.perf_counter()
     summary = simulate_study(args.out, scale=args.scale, seed=args.seed)
     for name, n_patterns in summary["written"].items():
@@ -250,8 +253,11 @@ def cmd_study(args) -> int:
     """The README's study command: the whole default study on the synthetic tree."""
     started = time.perf_counter()
     root = synthetic_root()
-    if not (root / "phase_c").is_dir():
-        print(f"simulating the synthetic {args.scale} study into {root}")
+    present = (root / "phase_c").is_dir()
+    existing = simulated_scale(root) if present else None
+    if not present or existing not in (None, args.scale):
+        why = f"the tree there is the {existing} scale" if present else "none there yet"
+        print(f"simulating the synthetic {args.scale} study into {root} ({why})")
         cmd_simulate(argparse.Namespace(out=root, scale=args.scale, seed=SIMULATION_SEED))
     defaults = StudyPaths.from_env()
     run_args = argparse.Namespace(

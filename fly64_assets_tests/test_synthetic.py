@@ -101,7 +101,7 @@ def test_object_has_bounded_amplitude_sharp_phase_features_and_is_reproducible()
 # --- geometry ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["demo", "full"])
+@pytest.mark.parametrize("name", list(synthetic.SCALES))
 def test_scan_is_a_jittered_raster_with_every_window_inside_the_object(name):
     scale = synthetic.SCALES[name]
     ycoords, xcoords = synthetic.scan_positions(scale, np.random.default_rng(1))
@@ -139,7 +139,7 @@ def test_greedy_min_spacing_keeps_spaced_points_and_is_maximal():
     np.testing.assert_array_equal(kept, again)
 
 
-@pytest.mark.parametrize("name", ["demo", "full"])
+@pytest.mark.parametrize("name", list(synthetic.SCALES))
 def test_dense_view_passes_and_sparse_view_fails_the_acceptance_guard(name):
     ycoords, xcoords = synthetic.scan_positions(synthetic.SCALES[name], np.random.default_rng(42))
     for split, mask in synthetic.split_mask(ycoords).items():
@@ -152,6 +152,35 @@ def test_dense_view_passes_and_sparse_view_fails_the_acceptance_guard(name):
         }
         assert acceptance["dense"] >= MIN_ACCEPTANCE + 0.01, (split, acceptance)
         assert acceptance["sparse"] < MIN_ACCEPTANCE, (split, acceptance)
+
+
+def test_the_default_study_lights_the_scan_area_of_every_view_it_writes(tmp_path):
+    """The default scale exists so that every view the default study reconstructs covers the area it is scored
+    on (the split's Phase C probe-centre box): the dense probes light >= 85 % of it at 10 % of the probe's peak
+    and >= 95 % at 1 %. The sparse view is not written (the expected skip)."""
+    from fly64_assets.core.coverage import lit_fraction
+
+    summary = synthetic.simulate_study(tmp_path)
+    assert summary["scale"] == synthetic.DEFAULT_SCALE
+    assert {Path(name).parent.name for name in summary["skipped"]} == {"sparse"}
+    for name in summary["written"]:
+        view_file = _load(tmp_path / name)
+        split = Path(name).stem.split("_")[-1]
+        phase_c = _load(tmp_path / "phase_c" / Path(name).parts[1] / f"patched_{split}.npz")
+        box = (phase_c["ycoords"].min(), phase_c["ycoords"].max(), phase_c["xcoords"].min(), phase_c["xcoords"].max())
+        args = (view_file["probeGuess"], view_file["ycoords"], view_file["xcoords"], box)
+        assert view_file["diffraction"].shape[0] >= 20, name
+        assert lit_fraction(*args) >= 0.85 and lit_fraction(*args, level=0.01) >= 0.95, name
+
+
+def test_simulated_scale_reads_the_tree_and_passes_over_a_broken_file(demo_study, tmp_path):
+    root, _ = demo_study
+    assert synthetic.simulated_scale(root) == "demo"
+    assert synthetic.simulated_scale(tmp_path) is None
+    broken = tmp_path / "phase_c" / "dose_1000" / "patched_train.npz"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not an npz")
+    assert synthetic.simulated_scale(tmp_path) is None
 
 
 # --- physics of one split ---------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from fly64_assets.core.coverage import LIT_LEVEL, illumination, probe_intensity
 from fly64_assets.core.lsqml import (
     EpochCallback,
     ReconstructionResult,
@@ -61,8 +62,6 @@ MIN_COVERAGE = 0.5
 """A held-out pattern can only judge a candidate where the kept patterns' probes lit the object under it. Below
 this mean ``held_out_coverage`` (a scan with little overlap, like the study's dense and sparse views) the choice
 cannot be validated, so ``auto`` falls back to no regularization and says so."""
-LIT_FRACTION = 0.1
-"""A pixel counts as lit when the kept probes' summed intensity there reaches this fraction of the probe's peak."""
 
 
 @dataclass(frozen=True)
@@ -132,19 +131,15 @@ def holdout_mask(n_patterns: int, percent: int, seed: int | None) -> np.ndarray:
 
 def held_out_coverage(probe: np.ndarray, ycoords: np.ndarray, xcoords: np.ndarray, held: np.ndarray) -> float:
     """Mean over the held-out positions of the fraction of their probe's intensity that falls on object pixels
-    lit by the kept positions' probes (summed intensity at least ``LIT_FRACTION`` of the probe's peak): about 1
-    for an overlapping raster, near 0 when the positions are farther apart than the probe is wide."""
-    intensity = np.sum(np.abs(np.asarray(probe).reshape(-1, *np.shape(probe)[-2:])) ** 2, axis=0)
+    lit by the kept positions' probes (``coverage.illumination`` at least ``LIT_LEVEL`` of the probe's peak):
+    about 1 for an overlapping raster, near 0 when the positions are farther apart than the probe is wide."""
+    intensity = probe_intensity(probe)
     size = intensity.shape[-1]
-    ys, xs = np.asarray(ycoords, float), np.asarray(xcoords, float)
-    first_y = np.rint(ys - ys.min()).astype(int)
-    first_x = np.rint(xs - xs.min()).astype(int)
-    lit = np.zeros((first_y.max() + size, first_x.max() + size))
-    for y, x in zip(first_y[~held], first_x[~held]):
-        lit[y : y + size, x : x + size] += intensity
-    lit = lit >= LIT_FRACTION * intensity.max()
-    fractions = [np.sum(intensity * lit[y : y + size, x : x + size]) / np.sum(intensity)
-                 for y, x in zip(first_y[held], first_x[held])]
+    kept_map, (oy, ox) = illumination(probe, ycoords, xcoords, lighting=~held)
+    lit = kept_map >= LIT_LEVEL * intensity.max()
+    starts_y = np.rint(np.asarray(ycoords, float)[held] - (size - 1) / 2).astype(int) - oy
+    starts_x = np.rint(np.asarray(xcoords, float)[held] - (size - 1) / 2).astype(int) - ox
+    fractions = [np.sum(intensity * lit[y : y + size, x : x + size]) / np.sum(intensity) for y, x in zip(starts_y, starts_x)]
     return float(np.mean(fractions))
 
 
