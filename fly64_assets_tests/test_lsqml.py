@@ -55,7 +55,7 @@ def test_reconstruction_reports_every_epoch_and_leaves_torch_defaults_alone(dens
         seen = []
         result = reconstruct(
             dense_like["diffraction"], dense_like["probeGuess"], dense_like["ycoords"], dense_like["xcoords"],
-            ReconstructionOptions(epochs=4, device="cpu"), on_epoch=lambda epoch, loss: seen.append((epoch, loss)),
+            ReconstructionOptions(epochs=4, device="cpu", regularization="off"), on_epoch=lambda epoch, loss: seen.append((epoch, loss)),
         )
         assert torch.get_default_dtype() == torch.float64
         assert torch.get_default_device() == torch.device("cpu")
@@ -79,7 +79,7 @@ def test_a_raising_callback_stops_the_run(dense_like):
 
     with pytest.raises(KeyboardInterrupt):
         reconstruct(dense_like["diffraction"], dense_like["probeGuess"], dense_like["ycoords"], dense_like["xcoords"],
-                    ReconstructionOptions(epochs=50, device="cpu"), on_epoch=stop_after_two)
+                    ReconstructionOptions(epochs=50, device="cpu", regularization="off"), on_epoch=stop_after_two)
     assert torch.get_default_dtype() == torch.float32
 
 
@@ -87,7 +87,7 @@ def test_cpu_threads_cap_torch_during_the_reconstruction_only(dense_like):
     torch.set_num_threads(2)
     seen = []
     reconstruct(dense_like["diffraction"], dense_like["probeGuess"], dense_like["ycoords"], dense_like["xcoords"],
-                ReconstructionOptions(epochs=2, device="cpu"), on_epoch=lambda epoch, loss: seen.append(torch.get_num_threads()),
+                ReconstructionOptions(epochs=2, device="cpu", regularization="off"), on_epoch=lambda epoch, loss: seen.append(torch.get_num_threads()),
                 cpu_threads=1)
     assert seen == [1, 1]
     assert torch.get_num_threads() == 2
@@ -97,7 +97,7 @@ def test_snapshots_give_the_object_every_few_epochs_and_at_the_end(dense_like):
     snapshots = []
     result = reconstruct(
         dense_like["diffraction"], dense_like["probeGuess"], dense_like["ycoords"], dense_like["xcoords"],
-        ReconstructionOptions(epochs=5, device="cpu"), snapshot_every=2,
+        ReconstructionOptions(epochs=5, device="cpu", regularization="off"), snapshot_every=2,
         on_snapshot=lambda epoch, obj, origin: snapshots.append((epoch, obj, origin)),
     )
     assert [epoch for epoch, _, _ in snapshots] == [2, 4, 5]

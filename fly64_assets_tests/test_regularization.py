@@ -52,7 +52,7 @@ def test_regularization_choices_name_their_weights_and_reach_the_command_line_an
         Regularization.for_weight(0.2)
     with pytest.raises(ValueError, match="holdout_percent"):
         ReconstructionOptions(holdout_percent=0)
-    assert ReconstructionOptions().regularization is Regularization.off
+    assert ReconstructionOptions().regularization is Regularization.auto  # the study's default (docs/SCIENCE.md)
 
     from fly64_assets.cli import _options, build_parser
     from fly64_assets.defs.reconstruction.config import ReconstructionConfig
@@ -62,7 +62,8 @@ def test_regularization_choices_name_their_weights_and_reach_the_command_line_an
     assert options.regularization is Regularization.auto and options.holdout_percent == 5
     assert _options(build_parser().parse_args(["run", "--regularization", "tv_0_03"])).regularization.tv_weight == 0.03
     assert ReconstructionConfig(regularization="tv_0_1").options().regularization is Regularization.tv_0_1
-    assert ReconstructionConfig().options().regularization is Regularization.off
+    assert ReconstructionConfig().options().regularization is Regularization.auto
+    assert _options(build_parser().parse_args(["run", "--regularization", "off"])).regularization is Regularization.off
 
 
 def test_the_tv_weight_reaches_ptychi_and_auto_is_not_a_single_reconstruction(high_dose):
@@ -70,13 +71,13 @@ def test_the_tv_weight_reaches_ptychi_and_auto_is_not_a_single_reconstruction(hi
 
     built = lsqml._build_options(ReconstructionOptions(regularization="tv_0_03"), torch.device("cpu"), 96)
     assert built.object_options.total_variation.enabled and built.object_options.total_variation.weight == 0.03
-    assert not lsqml._build_options(ReconstructionOptions(), torch.device("cpu"), 96).object_options.total_variation.enabled
+    assert not lsqml._build_options(ReconstructionOptions(regularization="off"), torch.device("cpu"), 96).object_options.total_variation.enabled
     with pytest.raises(ValueError, match="choose_and_reconstruct"):
         reconstruct(*_args(high_dose), ReconstructionOptions(regularization="auto", epochs=1, device="cpu"))
 
 
 def test_a_subset_keeps_the_whole_scans_frame_and_a_warm_start_continues(high_dose):
-    options = ReconstructionOptions(epochs=2, device="cpu")
+    options = ReconstructionOptions(epochs=2, device="cpu", regularization="off")
     whole = reconstruct(*_args(high_dose), options)
     held = holdout_mask(len(high_dose["xcoords"]), 10, 0)
     part = reconstruct(*_args(high_dose), options, use_patterns=~held)

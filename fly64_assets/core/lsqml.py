@@ -254,7 +254,7 @@ def reconstruct(
     probe_guess: np.ndarray,
     ycoords: np.ndarray,
     xcoords: np.ndarray,
-    options: ReconstructionOptions = ReconstructionOptions(),
+    options: ReconstructionOptions,
     on_epoch: EpochCallback | None = None,
     cpu_threads: int | None = None,
     snapshot_every: int = 0,
