@@ -37,6 +37,7 @@ from fly64_assets.core.quality import compare_to_truth
 from fly64_assets.core.regularization import (
     CANDIDATES,
     choose_and_reconstruct,
+    one_standard_error_rule,
     score_candidates,
 )
 from fly64_assets.core.synthetic import SCALES, Scale, simulate_split
@@ -74,7 +75,7 @@ def one_dataset(scale: Scale, dose: int, split: str, epochs: int, threads: int, 
         started = time.perf_counter()
         scores, _, spent = score_candidates(*args, auto, CANDIDATES, shared_epochs=0, candidate_epochs=epochs,
                                             cpu_threads=threads)
-        best = min(scores, key=lambda s: s.poisson_deviance)
+        best = scores[one_standard_error_rule(scores)[0]]
         row["expensive"] = {"chosen": best.regularization, "chosen_tv_weight": best.tv_weight,
                             "scores": [s.poisson_deviance for s in scores], "epochs_spent": spent,
                             "wall_time_s": time.perf_counter() - started}
@@ -108,10 +109,16 @@ def scores_table(rows: list[dict]) -> str:
     head = ["dose", "split", "held out"] + [f"w={m.tv_weight:g}" for m in CANDIDATES]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        scores = {c["regularization"]: c["poisson_deviance"] for c in row["auto"]["candidates"]}
-        best = min(scores.values())
+        scores = {c["regularization"]: c for c in row["auto"]["candidates"]}
         cells = [str(row["dose"]), row["split"], f"{row['auto']['n_held_out']}/{row['n_patterns']}"]
-        cells += [(f"**{scores[m.value]:.4f}**" if scores[m.value] == best else f"{scores[m.value]:.4f}") for m in CANDIDATES]
+        for member in CANDIDATES:
+            score = scores[member.value]
+            cell = f"{score['poisson_deviance']:.4f}"
+            if member.value == row["auto"]["lowest_deviance"]:
+                cell = f"**{cell}**"
+            elif score["excess_over_lowest"] <= score["excess_standard_error"]:
+                cell += f" (+{score['excess_over_lowest']:.4f} ± {score['excess_standard_error']:.4f})"
+            cells.append(cell + (" ✓" if member.value == row["auto"]["chosen"] else ""))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -138,7 +145,8 @@ def main() -> None:
     ]
     print(f"\nphase MAE against the truth (rad), baseline view, scale {args.scale}:\n")
     print(table(rows))
-    print("\nheld-out Poisson deviance per pixel of each candidate (lowest in bold):\n")
+    print("\nheld-out Poisson deviance per pixel of each candidate (lowest in bold; within one standard error of it: "
+          "excess ± error; chosen: ✓):\n")
     print(scores_table(rows))
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     if args.json:

@@ -166,9 +166,13 @@ def test_auto_regularization_records_its_candidates_and_choice_per_partition(stu
     metadata = _materializations(result, RECONSTRUCTION)["1000|baseline_train"]
     choice = metadata["regularization_choice"]
     assert [candidate["regularization"] for candidate in choice["candidates"]][0] == "off"  # "none" is a candidate
-    best = min(choice["candidates"], key=lambda candidate: candidate["poisson_deviance"])
-    assert choice["chosen"] == best["regularization"] == metadata["regularization"]
-    assert metadata["tv_weight"] == best["tv_weight"] and 1.0 < metadata["regularization_cost_factor"] < 2.5
+    lowest = min(choice["candidates"], key=lambda candidate: candidate["poisson_deviance"])
+    chosen = next(candidate for candidate in choice["candidates"] if candidate["regularization"] == choice["chosen"])
+    assert choice["lowest_deviance"] == lowest["regularization"] and choice["chosen"] == metadata["regularization"]
+    assert chosen["excess_over_lowest"] <= chosen["excess_standard_error"]  # the one-standard-error rule
+    assert all(candidate["tv_weight"] >= chosen["tv_weight"]  # ... keeps the least regularized such candidate
+               for candidate in choice["candidates"] if candidate["excess_over_lowest"] <= candidate["excess_standard_error"])
+    assert metadata["tv_weight"] == chosen["tv_weight"] and 1.0 < metadata["regularization_cost_factor"] < 2.5
     record = read_record(study_paths.artifact_dir(Dataset(1000, "baseline", "train")), RECONSTRUCTION_RECORD)
     assert record["requested_regularization"] == "auto" and record["regularization"]["chosen"] == choice["chosen"]
     assert record["options"]["regularization"] == choice["chosen"]  # the final reconstruction used the choice

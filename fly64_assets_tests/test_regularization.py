@@ -13,11 +13,13 @@ from fly64_assets.core.options import ReconstructionOptions, Regularization
 from fly64_assets.core.quality import compare_to_truth
 from fly64_assets.core.regularization import (
     CANDIDATES,
+    CandidateScore,
     candidate_epochs_for,
     choose_and_reconstruct,
     held_out_coverage,
     holdout_mask,
-    poisson_deviance,
+    one_standard_error_rule,
+    pattern_deviances,
     predict_intensities,
 )
 from fly64_assets.core.synthetic import far_field_intensity, simulate_split
@@ -108,10 +110,10 @@ def test_held_out_patterns_are_seeded_and_their_prediction_is_ptychis_forward_mo
     from scipy import ndimage
 
     blurred = ndimage.uniform_filter(truth.real, 9) + 1j * ndimage.uniform_filter(truth.imag, 9)
-    truth_score = poisson_deviance(counts, expected)
-    assert truth_score < poisson_deviance(counts, far_field_intensity(probe, blurred, ys, xs))
-    assert truth_score < poisson_deviance(counts, 0.8 * expected)
-    assert poisson_deviance(expected, expected) == pytest.approx(0.0, abs=1e-9)
+    truth_score = pattern_deviances(counts, expected).mean()
+    assert truth_score < pattern_deviances(counts, far_field_intensity(probe, blurred, ys, xs)).mean()
+    assert truth_score < pattern_deviances(counts, 0.8 * expected).mean()
+    np.testing.assert_allclose(pattern_deviances(expected, expected), 0.0, atol=1e-9)  # one value per pattern
 
 
 def test_fixed_or_off_is_one_plain_reconstruction(high_dose):
@@ -138,8 +140,10 @@ def test_at_low_dose_the_choice_regularizes_and_beats_no_regularization_against_
     # Progress and snapshots are the final reconstruction's (the candidates' epochs are not reported).
     assert epochs == list(range(1, SCIENCE_EPOCHS + 1)) and snapshots == [25, 50]
     assert result.options.regularization.tv_weight == record.chosen_tv_weight
-    scores = {c.tv_weight: c.poisson_deviance for c in record.candidates}
-    assert min(scores, key=scores.get) == record.chosen_tv_weight and len(scores) == len(CANDIDATES)
+    assert len(record.candidates) == len(CANDIDATES) and record.lowest_deviance == max(
+        record.candidates, key=lambda c: -c.poisson_deviance).regularization
+    chosen = next(c for c in record.candidates if c.tv_weight == record.chosen_tv_weight)
+    assert chosen.excess_over_lowest <= chosen.excess_standard_error  # within one standard error of the lowest
     assert record.n_held_out == 10 and record.n_patterns == 98
     assert record.held_out_coverage > 0.9 and not record.notes
     assert record.shared_epochs == 10 and record.candidate_epochs == 5
@@ -156,6 +160,27 @@ def test_at_high_dose_the_choice_does_not_make_things_worse(high_dose):
     # Measured at 50 epochs: weight 0.01, 0.0469 against 0.0475 (-1.2 %).
     assert record.chosen_tv_weight <= 0.01, record.summary()
     assert _phase_error(result, high_dose) <= 1.05 * _phase_error(none, high_dose), record.summary()
+
+
+def _score(weight: float, deviances: list[float]) -> CandidateScore:
+    member = Regularization.for_weight(weight)
+    return CandidateScore(member.value, weight, float(np.mean(deviances)), deviances, 0.0, 0.0)
+
+
+def test_the_rule_keeps_the_least_regularized_weight_within_one_standard_error_of_the_lowest():
+    base = 0.3 + 0.05 * np.random.default_rng(0).standard_normal(13)  # per held-out pattern: patterns differ far more than candidates
+    wobble = 0.002 * np.array([0] + [1, -1] * 6)  # mean 0, standard error of the mean 0.00058
+    # 0.1 is lowest; 0.03 is above it by 0.0003, less than the wobble's standard error; none is clearly worse.
+    scores = [_score(0.0, list(base + 0.02 + wobble)), _score(0.03, list(base + 0.0003 + wobble)), _score(0.1, list(base))]
+    chosen, lowest, compared = one_standard_error_rule(scores)
+    assert (lowest, chosen) == (2, 1)
+    assert compared[1].excess_over_lowest == pytest.approx(0.0003)
+    assert compared[1].excess_standard_error == pytest.approx(wobble.std(ddof=1) / np.sqrt(13))
+    assert compared[0].excess_over_lowest > 30 * compared[0].excess_standard_error
+    assert compared[2].excess_over_lowest == compared[2].excess_standard_error == 0.0
+    # A clearly better weight is kept even though it is the most regularized.
+    clear = [_score(0.0, list(base + 0.02 + wobble)), _score(0.1, list(base))]
+    assert one_standard_error_rule(clear)[:2] == (1, 1)
 
 
 def test_without_overlap_or_with_one_candidate_nothing_is_chosen():
