@@ -112,6 +112,7 @@ class Study:
             "FLY64_ARTIFACT_ROOT": str(self.out / name / "artifacts"),
             "FLY64_DATA_DIR": str(self.out / name / "data"),
             "FLY64_EPOCHS": str(self.epochs),
+            "FLY64_REGULARIZATION": "off",  # like the old way: the spec's plain LSQML
             "VIRTUAL_ENV": str(BIN.parent),
             "PYTHONUNBUFFERED": "1",
         }
@@ -199,7 +200,7 @@ def backfill_timeline(env: dict) -> str:
 
 def run_fly64_path(study: Study) -> dict:
     env = study.environment("fly64")
-    command = [str(BIN / "fly64"), "run", "--allow-missing-phase-d", "--epochs", str(study.epochs),
+    command = [str(BIN / "fly64"), "run", "--allow-missing-phase-d", "--epochs", str(study.epochs), "--regularization", "off",
                "--batch-size", str(study.batch)]
     started = time.perf_counter()
     subprocess.run(command, check=True, env=env, cwd=REPO, capture_output=True)

@@ -4,6 +4,10 @@ The two science tests run real pty-chi reconstructions on the demo scale (98 pat
 truth the way the study does; docs/SCIENCE.md has the measurements they are drawn from.
 """
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -204,3 +208,15 @@ def test_without_overlap_or_with_one_candidate_nothing_is_chosen():
     assert "single candidate" in record.notes[0]
     with pytest.raises(ValueError, match="fixed candidate"):
         choose_and_reconstruct(*_args(dense), options, candidates=(Regularization.auto,))
+
+
+def test_a_deployment_sets_the_default_regularization_for_the_launchpad():
+    """``FLY64_REGULARIZATION`` (like ``FLY64_EPOCHS``) is read when the code location loads: a fresh interpreter."""
+    code = ("from fly64_assets.defs.reconstruction.config import ReconstructionConfig as C; o = C().options(); "
+            "print(o.regularization.value, o.epochs)")
+    env = {**os.environ, "FLY64_REGULARIZATION": "off", "FLY64_EPOCHS": "7"}
+    shown = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert shown.split() == ["off", "7"]
+    env["FLY64_REGULARIZATION"] = "tv_0_2"
+    refused = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert refused.returncode != 0 and "tv_0_2" in refused.stderr

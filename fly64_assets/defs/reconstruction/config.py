@@ -1,7 +1,7 @@
 """The reconstruction's run config: ``ReconstructionOptions``'s fields, documented in the launchpad.
 
-Two deployment-wide defaults can be changed without run config (e.g. a quick-look instance, or CI):
-``FLY64_EPOCHS`` and ``FLY64_DEVICE``, read when the code location loads.
+Three deployment-wide defaults can be changed without run config (e.g. a quick-look instance, or CI):
+``FLY64_EPOCHS``, ``FLY64_DEVICE`` and ``FLY64_REGULARIZATION``, read when the code location loads.
 """
 
 import os
@@ -10,9 +10,13 @@ from typing import Annotated
 from dagster import Config
 from pydantic import Field, create_model
 
-from fly64_assets.core.options import ReconstructionOptions
+from fly64_assets.core.options import ReconstructionOptions, Regularization
 
-DEPLOYMENT_DEFAULTS = {"epochs": ("FLY64_EPOCHS", int), "device": ("FLY64_DEVICE", str)}
+DEPLOYMENT_DEFAULTS = {
+    "epochs": ("FLY64_EPOCHS", int),
+    "device": ("FLY64_DEVICE", str),
+    "regularization": ("FLY64_REGULARIZATION", Regularization),
+}
 
 
 def _config_fields() -> dict:
