@@ -47,8 +47,13 @@ def test_baseline_quality_improves_with_dose_and_the_report_shows_it(study_paths
         assert entry["phase_mae_spread"] == pytest.approx(abs(train - test) / 2)
     fit = study_report["exponents"]["baseline"]
     assert fit["n_replicates"] == 2 and fit["exponent"] < 0 and fit["uncertainty"] is not None
+    # The default regularization (auto) chose, without the truth, a strong TV weight at 1e3 and a weak one at 1e5.
+    for split in ("train", "test"):
+        assert rows[(1000, "baseline", split)]["tv_weight"] >= 0.03 >= rows[(100000, "baseline", split)]["tv_weight"]
+        assert rows[(1000, "baseline", split)]["regularization"].startswith("auto → TV")
     headline = study_report["headline"]
     assert "baseline phase error falls from" in headline and "expected -1/4" in headline
+    assert "TV weight chosen without the truth:" in headline
     assert f"{summary[(1000, 'baseline')]['phase_mae_mean']:.3f} ± {summary[(1000, 'baseline')]['phase_mae_spread']:.3f} rad" in headline
 
     # convergence: every reconstruction scored against the truth every 10 epochs and after the last
@@ -75,6 +80,7 @@ def test_baseline_quality_improves_with_dose_and_the_report_shows_it(study_paths
     assert html.count("data:image/png;base64,") == 4  # self-contained: every image inline
     assert 'src="http' not in html and "<link" not in html
     assert "Convergence against the truth" in html and " ± " in html
+    assert "Regularization chosen without the truth" in html and "✓" in html
     table = list(csv.DictReader(io.StringIO((report_dir / "quality.csv").read_text())))
     assert len(table) == 18 and "phase_mae_spread" in table[0]
     assert len(list(csv.DictReader(io.StringIO((report_dir / "quality_summary.csv").read_text())))) == 9

@@ -6,7 +6,9 @@ Everything here works on plain "quality records", one per (dose, view, split) jo
     {"dose": 1000, "view": "baseline", "split": "train",
      "status": "succeeded" | "skipped" | "failed" | "missing" | ...,
      "reason": str | None, "n_patterns": int | None,
-     "amplitude_mae": float, ..., "frc_resolution_fraction": float}   # metrics only when succeeded
+     "amplitude_mae": float, ..., "frc_resolution_fraction": float,   # metrics only when succeeded
+     "requested_regularization": "auto" | "off" | "tv_0_1" | ..., "tv_weight": float,  # the TV weight run
+     "regularization_choice": dict | None}   # regularization.RegularizationChoice.as_dict() when auto was asked
 
 and turns them into a table over the full 3 x 3 x 2 grid (absent jobs become ``"missing"``, never
 dropped), a CSV and a Markdown table, the FRC resolution's dose exponent beside the dose-fractionation
@@ -19,6 +21,10 @@ replicates. Every metric is summarised per (dose, view) as both values, their me
 mean ± spread spans the two values). The dose exponent is fitted to each split separately and reported as
 the mean ± half-difference of the two fits. A (dose, view) with one scored split shows that value, no
 spread, and says which split it is.
+
+Regularization: each row says which total-variation weight its reconstruction ran with and how it was
+picked; :func:`regularization_markdown` shows, for the jobs that asked for ``auto``, the held-out scores behind
+each choice (or why none could be made).
 
 Convergence: each reconstruction may carry its quality against the truth every few epochs (the
 reconstruction record's ``convergence``); :func:`convergence_png` draws it beside the loss curve and
@@ -35,6 +41,7 @@ import html
 import io
 import math
 import re
+from collections import Counter
 
 import numpy as np
 from matplotlib.lines import Line2D
@@ -106,9 +113,15 @@ REPLICATE_KEYS: tuple[str, ...] = ("n_replicates", *(f"{m}_{stat}" for m in METR
 """Columns added after the job's own: how many splits of the job's (dose, view) were scored, and each metric's
 mean and half-difference over them (the same on the train and the test row; spread empty with one replicate)."""
 
-ROW_KEYS: tuple[str, ...] = ("dose", "view", "split", "status", "n_patterns", *METRICS, "reason", *REPLICATE_KEYS)
+REGULARIZATION_KEYS: tuple[str, ...] = ("regularization", "tv_weight")
+"""Columns added last: the job's regularization in a few words (:func:`regularization_text`) and the TV weight
+its reconstruction ran with (0 = none); None unless the job was scored."""
+
+ROW_KEYS: tuple[str, ...] = (
+    "dose", "view", "split", "status", "n_patterns", *METRICS, "reason", *REPLICATE_KEYS, *REGULARIZATION_KEYS
+)
 """The columns of a quality row (and of the CSV), in order: the job's own first (as before), then the
-replicate summary of its (dose, view)."""
+replicate summary of its (dose, view), then its regularization (appended, so earlier columns keep their place)."""
 
 SUMMARY_KEYS: tuple[str, ...] = (
     "dose",
@@ -145,6 +158,10 @@ def _float_or_none(value) -> float | None:
         return None
 
 
+def _job_key(record: dict) -> tuple[int, str, str]:
+    return int(record["dose"]), str(record["view"]), str(record["split"])
+
+
 def quality_rows(records: list[dict]) -> list[dict]:
     """One row per job of the full study grid, in ``study.ALL_DATASETS`` order (dose, view, split).
 
@@ -152,12 +169,13 @@ def quality_rows(records: list[dict]) -> list[dict]:
     otherwise (a succeeded record lacking a metric gets None for it). A job with no record gets status
     ``"missing"`` and a reason saying so. Records may carry extra keys (``shift_yx``, paths); they are
     not copied. A record for a job outside the grid, or two records for one job, raise ValueError.
-    The :data:`REPLICATE_KEYS` columns repeat its (dose, view)'s :func:`replicate_summary`.
+    The :data:`REPLICATE_KEYS` columns repeat its (dose, view)'s :func:`replicate_summary`; the
+    :data:`REGULARIZATION_KEYS` are the job's own (None unless succeeded).
     """
     by_job: dict[tuple[int, str, str], dict] = {}
     grid = {(job.dose, job.view, job.split) for job in ALL_DATASETS}
     for record in records:
-        key = (int(record["dose"]), str(record["view"]), str(record["split"]))
+        key = _job_key(record)
         if key not in grid:
             raise ValueError(f"quality record for {key} is not a job of the study grid")
         if key in by_job:
@@ -169,7 +187,7 @@ def quality_rows(records: list[dict]) -> list[dict]:
         record = by_job.get((job.dose, job.view, job.split))
         if record is None:
             row = {**job.as_record(), "status": MISSING, "n_patterns": None, "reason": MISSING_REASON}
-            row.update({metric: None for metric in METRICS})
+            row.update({key: None for key in (*METRICS, *REGULARIZATION_KEYS)})
         else:
             status = str(record.get("status") or MISSING)
             n_patterns = record.get("n_patterns")
@@ -179,8 +197,11 @@ def quality_rows(records: list[dict]) -> list[dict]:
                 "n_patterns": int(n_patterns) if n_patterns is not None else None,
                 "reason": record.get("reason"),
             }
+            scored = status == SUCCEEDED
             for metric in METRICS:
-                row[metric] = _float_or_none(record.get(metric)) if status == SUCCEEDED else None
+                row[metric] = _float_or_none(record.get(metric)) if scored else None
+            row["regularization"] = regularization_text(record) if scored else None
+            row["tv_weight"] = _float_or_none(record.get("tv_weight")) if scored else None
         rows.append(row)
     summary = {(s["dose"], s["view"]): s for s in replicate_summary(rows)}
     for row in rows:
@@ -336,12 +357,13 @@ def _metric_header(metric: str) -> str:
 
 
 def rows_to_markdown(rows: list[dict]) -> str:
-    """A Markdown pipe table: dose, view, split, status, n (patterns), each metric to 3 significant digits
-    (↑ higher is better, ↓ lower is better), and the reason for every job that did not succeed."""
-    header = ["dose", "view", "split", "status", "n", *(_metric_header(m) for m in METRICS), "reason"]
+    """A Markdown pipe table: dose, view, split, status, n (patterns), the regularization method, each metric to
+    3 significant digits (↑ higher is better, ↓ lower is better), and the reason for every job that did not
+    succeed."""
+    header = ["dose", "view", "split", "status", "n", "method", *(_metric_header(m) for m in METRICS), "reason"]
     lines = [
         "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---:", "---", "---", "---", "---:", *(["---:"] * len(METRICS)), "---"]) + "|",
+        "|" + "|".join(["---:", "---", "---", "---", "---:", "---", *(["---:"] * len(METRICS)), "---"]) + "|",
     ]
     for row in rows:
         status = row["status"]
@@ -352,11 +374,133 @@ def rows_to_markdown(rows: list[dict]) -> str:
             row["split"],
             shown_status,
             "" if row.get("n_patterns") is None else str(row["n_patterns"]),
+            row.get("regularization") or "",
             *(_sig3(row.get(m)) for m in METRICS),
             "" if status == SUCCEEDED else _md_cell(row.get("reason") or "(no reason given)"),
         ]
         lines.append("| " + " | ".join(_md_cell(c) for c in cells[:-1]) + f" | {cells[-1]} |")
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# regularization: the TV weight each job ran with, and how auto chose it
+# --------------------------------------------------------------------------------------------------
+
+AUTO = "auto"
+"""``options.Regularization.auto``'s value: the request to choose the weight per dataset without the truth."""
+
+_AUTO_TEXT = f"{AUTO} → "
+"""How :func:`regularization_text` begins for a job that asked for auto."""
+
+REGULARIZATION_TITLE = "Regularization chosen without the truth"
+
+REGULARIZATION_INTRO = (
+    "With regularization auto, each dataset's total-variation weight w is chosen from its own patterns, not from "
+    "the truth: a seeded share of the patterns is held out, every candidate weight reconstructs the rest and is "
+    "scored by how well it predicts the held-out photon counts (Poisson deviance per pixel, lower is better; the "
+    "lowest in bold). The least regularized candidate within one standard error of the lowest is kept (✓) and "
+    "reconstructed on every pattern; where the kept scan does not overlap the held-out patterns (too little "
+    "coverage) nothing can be validated and no regularization is used. Method and measurements: docs/SCIENCE.md."
+)
+
+
+def regularization_text(record: dict) -> str | None:
+    """How a scored job was regularized, in a few words: ``"auto → TV 0.3"``, ``"auto → off (held-out coverage
+    0.08 < 0.5)"`` (auto could not choose: why), ``"off"`` or ``"fixed TV 0.1"``. None for a record that does not
+    say (one written before regularization was recorded)."""
+    weight = _float_or_none(record.get("tv_weight"))
+    if weight is None:
+        return None
+    used = "off" if weight == 0 else f"TV {weight:g}"
+    if record.get("requested_regularization") != AUTO:
+        return used if weight == 0 else f"fixed {used}"
+    choice = record.get("regularization_choice") or {}
+    why = "" if choice.get("candidates") else f" ({_no_choice_note(choice).split(':')[0]})"
+    return f"{_AUTO_TEXT}{used}{why}"
+
+
+def _no_choice_note(choice: dict) -> str:
+    return "; ".join(choice.get("notes") or ["no choice recorded"])
+
+
+def _job_label(record: dict) -> str:
+    return f"{dose_label(int(record['dose']))} {record['view']} {record['split']}"
+
+
+def _deviance_cell(candidate: dict, choice: dict) -> str:
+    """``"0.2145"``, bold when it is the lowest, ✓ when it is the chosen candidate."""
+    text = f"{candidate['poisson_deviance']:.4f}"
+    if candidate["regularization"] == choice.get("lowest_deviance"):
+        text = f"**{text}**"
+    return text + (" ✓" if candidate["regularization"] == choice["chosen"] else "")
+
+
+def _choice_table(records: list[dict]) -> str:
+    """One row per job with a choice: its chosen weight, every candidate's held-out deviance (one column per
+    weight present in any record, ascending), the held-out share, the held-out coverage and the cost."""
+    weights = sorted({c["tv_weight"] for r in records for c in r["regularization_choice"]["candidates"]})
+    header = ["dose", "view", "split", "chosen w", *(f"w = {w:g}" for w in weights), "held out", "coverage", "cost"]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---:", "---", "---", "---:", *(["---:"] * len(weights)), "---:", "---:", "---:"]) + "|",
+    ]
+    for record in records:
+        choice = record["regularization_choice"]
+        by_weight = {c["tv_weight"]: _deviance_cell(c, choice) for c in choice["candidates"]}
+        cells = [
+            dose_label(int(record["dose"])), record["view"], record["split"], f"{choice['chosen_tv_weight']:g}",
+            *(by_weight.get(w, "") for w in weights),
+            f"{choice['n_held_out']}/{choice['n_patterns']}", f"{choice['held_out_coverage']:.2f}", f"{choice['cost_factor']:.2f}×",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _methods_text(records: list[dict]) -> str:
+    """``"off (4 jobs), fixed TV 0.1 (2 jobs)"``: the methods of ``records`` and how many jobs ran each."""
+    counts = Counter(regularization_text(record) or "not recorded" for record in records)
+    return ", ".join(f"{method} ({n} job{'s' if n != 1 else ''})" for method, n in counts.items())
+
+
+def regularization_markdown(records: list[dict]) -> str:
+    """The report's :data:`REGULARIZATION_TITLE` section, from the quality records (as for
+    :func:`quality_rows`): a table of the scored jobs whose auto request made a choice (:func:`_choice_table`),
+    then those where it could not, each with its reason, then the method of the jobs that did not ask for
+    auto. When none did, one line says which method the reconstructions ran with."""
+    order = {(job.dose, job.view, job.split): i for i, job in enumerate(ALL_DATASETS)}
+    scored = sorted((r for r in records if r.get("status") == SUCCEEDED), key=lambda r: order[_job_key(r)])
+    if not scored:
+        return "No reconstruction has been scored."
+    auto = [r for r in scored if r.get("requested_regularization") == AUTO]
+    if not auto:
+        methods = {regularization_text(r) for r in scored}
+        if len(methods) == 1 and None not in methods:
+            return f"All {len(scored)} reconstructions ran with regularization {methods.pop()}; none asked for auto."
+        return f"No reconstruction asked for auto; they ran with: {_methods_text(scored)}."
+    chosen = [r for r in auto if (r.get("regularization_choice") or {}).get("candidates")]
+    blocks = [_choice_table(chosen)] if chosen else []
+    unchosen = [r for r in auto if r not in chosen]
+    if unchosen:
+        blocks.append("Auto could not choose a weight for:")
+        blocks.append("\n".join(f"- {_job_label(r)}: {_no_choice_note(r.get('regularization_choice') or {})}" for r in unchosen))
+    others = [r for r in scored if r not in auto]
+    if others:
+        blocks.append(f"Not asked to choose: {_methods_text(others)}.")
+    return "\n\n".join(blocks) + "\n"
+
+
+def _chosen_weights_text(rows: list[dict], view: str) -> str:
+    """``"TV weight chosen without the truth: 0.3 at 1e3, 0.03/0.1 at 1e4"`` (train/test where the splits
+    differ) over ``view``'s scored jobs that asked for auto; empty when none did."""
+    parts = []
+    for dose in DOSES:
+        weights = [
+            f"{row['tv_weight']:g}" for row in rows  # rows are in split order
+            if (row["dose"], row["view"]) == (dose, view) and (row["regularization"] or "").startswith(_AUTO_TEXT)
+        ]
+        if weights:
+            parts.append(f"{'/'.join(dict.fromkeys(weights))} at {dose_label(dose)}")
+    return f"TV weight chosen without the truth: {', '.join(parts)}" if parts else ""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -475,8 +619,9 @@ def headline(rows: list[dict], view: str = "baseline") -> str:
     """The study's answer in two sentences, with mean ± half-difference of the two splits throughout (a
     value resting on one split says so: ``"0.300 rad (train only)"``):
     how ``view``'s phase error changes from the lowest to the highest scored dose, its FRC resolution's
-    dose exponent beside the expected -1/4, and where each other view ends up (at its highest scored dose,
-    beside ``view`` there) or why it was not scored."""
+    dose exponent beside the expected -1/4 (and, where ``view`` asked for auto regularization, the TV weight chosen
+    at each dose), and where each other view ends up (at its highest scored dose, beside ``view`` there) or why it
+    was not scored."""
     summary = replicate_summary(rows)
     fits = dose_exponent_replicates(rows)
     scored = _scored_doses(summary, view, "phase_mae")
@@ -498,6 +643,8 @@ def headline(rows: list[dict], view: str = "baseline") -> str:
         resolution = f"FRC resolution scales as D^({format_exponent(fit)}), expected -1/4"
     else:
         resolution = f"the FRC resolution's dose exponent is n/a ({fit['note']}; expected -1/4)"
+    chosen = _chosen_weights_text(rows, view)
+    resolution += f"; {chosen}" if chosen else ""
     first_sentence = f"Over the train and test splits (mean ± half-difference), {lead[0].lower()}{lead[1:]}; {resolution}."
 
     others = []
@@ -969,10 +1116,11 @@ def _inline_markdown(text: str) -> str:
     return re.sub(r"(?<![*\w])\*([^*]+?)\*(?![*\w])", r"<em>\1</em>", bold)
 
 
-def markdown_table_to_html(markdown_table: str) -> str:
+def markdown_table_to_html(markdown_table: str, shade_bold_rows: bool = True) -> str:
     """A pipe table (as :func:`rows_to_markdown` writes it) as an HTML ``<table>``: header row, the
     alignment row's ``---:`` as right alignment, ``**bold**`` kept, everything else escaped. A row with a
-    cell in bold (an unscored status, a (dose, view) with no split scored) is shaded."""
+    cell in bold (an unscored status, a (dose, view) with no split scored) is shaded, unless
+    ``shade_bold_rows`` is False (a table where bold marks a value, not a row)."""
     lines = [line for line in markdown_table.strip().splitlines() if line.strip()]
     if len(lines) < 2:
         return f"<pre>{html.escape(markdown_table)}</pre>"
@@ -985,11 +1133,26 @@ def markdown_table_to_html(markdown_table: str) -> str:
     out.append("<tbody>")
     for line in body:
         cells = _split_pipe_row(line)
-        row_class = ' class="unscored"' if any(cell.startswith("**") for cell in cells) else ""
+        row_class = ' class="unscored"' if shade_bold_rows and any(cell.startswith("**") for cell in cells) else ""
         out.append(f"<tr{row_class}>" + "".join(
             f'<td style="text-align:{a}">{_inline_markdown(c)}</td>' for c, a in zip(cells, aligns)
         ) + "</tr>")
     out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def _section_html(markdown: str) -> str:
+    """A report section's Markdown as HTML: blocks separated by blank lines, each a pipe table (bold cells
+    marking values, rows not shaded), a ``- `` list or a paragraph."""
+    out = []
+    for block in re.split(r"\n\s*\n", markdown.strip()):
+        lines = block.splitlines()
+        if lines[0].startswith("|"):
+            out.append(markdown_table_to_html(block, shade_bold_rows=False))
+        elif all(line.startswith("- ") for line in lines):
+            out.append("<ul>" + "".join(f"<li>{_inline_markdown(line[2:])}</li>" for line in lines) + "</ul>")
+        else:
+            out.append(f"<p>{_inline_markdown(' '.join(lines))}</p>")
     return "\n".join(out)
 
 
@@ -1036,11 +1199,13 @@ def html_page(
     summary_table: str | None = None,
     exponents: dict[str, dict] | None = None,
     convergence: list[str] | None = None,
+    regularization: str | None = None,
 ) -> str:
     """One self-contained HTML document: the headline, notes, the per-(dose, view) summary of the two
     replicates (:func:`summary_to_markdown`, when given), the dose exponents (when given), what the
-    convergence curves show (when given), every image inline as a base64 ``data:`` URI, and the per-job
-    quality table (converted from the Markdown pipe table); no external resources."""
+    convergence curves show (when given), the regularization choices (:func:`regularization_markdown`, when
+    given), every image inline as a base64 ``data:`` URI, and the per-job quality table (converted from the
+    Markdown pipe table); no external resources."""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -1064,6 +1229,10 @@ def html_page(
         parts.append("<h2>Convergence against the truth</h2>")
         parts.append(f"<p>{html.escape(CONVERGENCE_INTRO)}</p>")
         parts.append("<ul>" + "".join(f"<li>{html.escape(note)}</li>" for note in convergence) + "</ul>")
+    if regularization:
+        parts.append(f"<h2>{REGULARIZATION_TITLE}</h2>")
+        parts.append(f"<p>{html.escape(REGULARIZATION_INTRO)}</p>")
+        parts.append(_section_html(regularization))
     if images:
         parts.append("<h2>Figures</h2>")
     for name, png in images.items():
@@ -1116,16 +1285,20 @@ def report_markdown(
     notes: list[str] = (),
     summary_table: str | None = None,
     convergence: list[str] | None = None,
+    regularization: str | None = None,
 ) -> str:
     """Markdown for the Dagster UI: the headline, notes, the per-(dose, view) summary of the replicates (when
     given), the FRC resolution dose exponents (resolution ≈ prefactor · dose^exponent), what the convergence
-    curves show (when given), every image inline, and the per-job quality table."""
+    curves show (when given), the regularization choices (when given), every image inline, and the per-job
+    quality table."""
     parts = [f"**{headline}**", "", *[f"- {note}" for note in notes], ""]
     if summary_table:
         parts += ["### Quality per dose and view (two replicates)", "", SUMMARY_INTRO, "", summary_table]
     parts += ["### FRC resolution against dose: fitted exponents", "", EXPONENT_INTRO, "", exponents_markdown(exponents)]
     if convergence:
         parts += ["### Convergence against the truth", "", CONVERGENCE_INTRO, "", *[f"- {note}" for note in convergence], ""]
+    if regularization:
+        parts += [f"### {REGULARIZATION_TITLE}", "", REGULARIZATION_INTRO, "", regularization, ""]
     for name, png in images.items():
         parts += [f"### {name}", "", markdown_image(png, name), ""]
     parts += ["### Quality per job", "", markdown_table]

@@ -62,6 +62,7 @@ from fly64_assets.core.design import PHASE_D_VIEW_SPLITS, SPLITS, Dataset
 from fly64_assets.core.geometry import Geometry, GeometryError, resolve_geometry
 from fly64_assets.core.gpu_placement import placed_device
 from fly64_assets.core.lsqml import DeviceUnavailableError, GpuOutOfMemoryError, ReconstructionResult
+from fly64_assets.core.options import Regularization
 from fly64_assets.core.regularization import choose_and_reconstruct
 from fly64_assets.core.ptychodus_product import write_products
 from fly64_assets.defs.automation import react_to_inputs
@@ -377,7 +378,8 @@ def _convergence_recorder(
 
 
 def _score_partition(dataset: Dataset, study_paths: StudyPaths, load: LoadValid) -> Iterator:
-    """Score one partition's saved reconstruction against the truth (or carry its skip through)."""
+    """Score one partition's saved reconstruction against the truth (or carry its skip through). The quality
+    record also says how the reconstruction was regularized, so the report can show it beside the scores."""
     from fly64_assets.core.quality import score  # scipy, scikit-image: only where a step scores
 
     key = dataset.partition_key
@@ -399,6 +401,7 @@ def _score_partition(dataset: Dataset, study_paths: StudyPaths, load: LoadValid)
     metrics = score(aligned.recon, aligned.truth, aligned.shift_yx)
     aligned_path = out_dir / QUALITY_FILE
     write_npz(aligned_path, {"aligned_phase": np.angle(aligned.recon), "truth_phase": np.angle(aligned.truth), "scan_box": np.array(box)})
+    used = (reconstruction.get("options") or {}).get("regularization")  # absent from records older than the option
     record = {
         **dataset.as_record(),
         "status": RECONSTRUCTED,
@@ -406,6 +409,9 @@ def _score_partition(dataset: Dataset, study_paths: StudyPaths, load: LoadValid)
         "aligned_path": str(aligned_path),
         "scoring_area": area,
         **metrics.as_dict(),
+        "requested_regularization": reconstruction.get("requested_regularization"),
+        "tv_weight": Regularization(used).tv_weight if used else None,
+        "regularization_choice": reconstruction.get("regularization"),
     }
     write_json(out_dir / QUALITY_RECORD, record)
     metadata = {name: value for name, value in metrics.as_dict().items() if name != "shift_yx"}

@@ -66,8 +66,9 @@ def _convergence_curves(study_paths: StudyPaths) -> dict[tuple[int, str, str], d
     automation_condition=react_to_inputs(),
     description="The study report: quality per dose x view x split (CSV, Markdown) and per dose x view as mean ± "
     "half-difference of the train and test splits, phase images, metrics against dose with error bars, the FRC "
-    "resolution's dose exponent ± its replicate uncertainty beside the D^-1/4 expectation, and quality against "
-    "the truth vs epoch beside the loss (convergence).",
+    "resolution's dose exponent ± its replicate uncertainty beside the D^-1/4 expectation, quality against "
+    "the truth vs epoch beside the loss (convergence), and the regularization each reconstruction ran with, with "
+    "the held-out scores behind every weight chosen without the truth.",
 )
 def study_report(study_paths: StudyPaths) -> Output[dict]:
     from fly64_assets.core import report  # matplotlib: only where a step draws
@@ -96,6 +97,7 @@ def study_report(study_paths: StudyPaths) -> Output[dict]:
         images["phase_grid.png"] = report.phase_grid_png(truth, panels, REPORT_SPLIT)
     table = report.rows_to_markdown(rows)
     summary_table = report.summary_to_markdown(summary)
+    regularization = report.regularization_markdown(list(records.values()))
     out_dir = study_paths.artifact_file(REPORT_DIR)
     for name, png in images.items():
         write_bytes(out_dir / name, png)
@@ -103,6 +105,7 @@ def study_report(study_paths: StudyPaths) -> Output[dict]:
     write_text(out_dir / "quality.md", table)
     write_text(out_dir / "quality_summary.csv", report.summary_to_csv(summary))
     write_text(out_dir / "quality_summary.md", summary_table)
+    write_text(out_dir / "regularization.md", regularization)
     notes = [f"{sum(r['status'] == RECONSTRUCTED for r in rows)} of {len(ALL_DATASETS)} jobs reconstructed and scored"]
     notes += [
         f"{dataset.partition_key} scored on its {record['scoring_area']}"
@@ -110,11 +113,11 @@ def study_report(study_paths: StudyPaths) -> Output[dict]:
         if record.get("scoring_area", PHASE_C_SCAN_AREA) != PHASE_C_SCAN_AREA
     ]
     html_path = out_dir / "study_report.html"
-    sections = {"summary_table": summary_table, "convergence": convergence_notes}
+    sections = {"summary_table": summary_table, "convergence": convergence_notes, "regularization": regularization}
     write_text(html_path, report.html_page("fly64 dose/overlap study", headline, table, images, notes, exponents=exponents, **sections))
     return Output(
         {"headline": headline, "rows": rows, "summary": summary, "exponents": exponents,
-         "convergence_notes": convergence_notes, "html_path": str(html_path)},
+         "convergence_notes": convergence_notes, "regularization": regularization, "html_path": str(html_path)},
         metadata={
             "headline": headline,
             "html_path": MetadataValue.path(str(html_path)),
