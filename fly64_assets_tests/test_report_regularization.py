@@ -96,7 +96,7 @@ def test_rows_carry_the_method_and_the_weight_run():
     records[0].update(requested_regularization="tv_0_1", tv_weight=0.1, regularization_choice=None)  # 1e3 baseline train
     records[1].update(requested_regularization="off", tv_weight=0.0, regularization_choice=None)  # 1e3 baseline test
     rows = report.quality_rows(records)
-    assert report.ROW_KEYS[-2:] == ("regularization", "tv_weight")
+    assert report.ROW_KEYS[-3:] == ("regularization", "tv_weight", "scan_area_lit")  # appended: old columns stay put
     assert method_of(rows, 1000, "baseline", "train") == ("fixed TV 0.1", 0.1)
     assert method_of(rows, 1000, "baseline", "test") == ("off", 0.0)
     assert method_of(rows, 10000, "baseline", "train") == ("auto → TV 0.1", 0.1)

@@ -117,11 +117,17 @@ REGULARIZATION_KEYS: tuple[str, ...] = ("regularization", "tv_weight")
 """Columns added last: the job's regularization in a few words (:func:`regularization_text`) and the TV weight
 its reconstruction ran with (0 = none); None unless the job was scored."""
 
+COVERAGE_KEYS: tuple[str, ...] = ("scan_area_lit",)
+"""The share of the scored area that the dataset's probes light (at >= 10 % of the probe's peak,
+``coverage.lit_fraction``): a thinned view that leaves gaps scores them as errors; None unless scored."""
+
 ROW_KEYS: tuple[str, ...] = (
-    "dose", "view", "split", "status", "n_patterns", *METRICS, "reason", *REPLICATE_KEYS, *REGULARIZATION_KEYS
+    "dose", "view", "split", "status", "n_patterns", *METRICS, "reason", *REPLICATE_KEYS, *REGULARIZATION_KEYS,
+    *COVERAGE_KEYS,
 )
 """The columns of a quality row (and of the CSV), in order: the job's own first (as before), then the
-replicate summary of its (dose, view), then its regularization (appended, so earlier columns keep their place)."""
+replicate summary of its (dose, view), then its regularization and coverage (appended, so earlier columns keep
+their place)."""
 
 SUMMARY_KEYS: tuple[str, ...] = (
     "dose",
@@ -187,7 +193,7 @@ def quality_rows(records: list[dict]) -> list[dict]:
         record = by_job.get((job.dose, job.view, job.split))
         if record is None:
             row = {**job.as_record(), "status": MISSING, "n_patterns": None, "reason": MISSING_REASON}
-            row.update({key: None for key in (*METRICS, *REGULARIZATION_KEYS)})
+            row.update({key: None for key in (*METRICS, *REGULARIZATION_KEYS, *COVERAGE_KEYS)})
         else:
             status = str(record.get("status") or MISSING)
             n_patterns = record.get("n_patterns")
@@ -202,6 +208,7 @@ def quality_rows(records: list[dict]) -> list[dict]:
                 row[metric] = _float_or_none(record.get(metric)) if scored else None
             row["regularization"] = regularization_text(record) if scored else None
             row["tv_weight"] = _float_or_none(record.get("tv_weight")) if scored else None
+            row["scan_area_lit"] = _float_or_none(record.get("scan_area_lit")) if scored else None
         rows.append(row)
     summary = {(s["dose"], s["view"]): s for s in replicate_summary(rows)}
     for row in rows:
@@ -357,13 +364,13 @@ def _metric_header(metric: str) -> str:
 
 
 def rows_to_markdown(rows: list[dict]) -> str:
-    """A Markdown pipe table: dose, view, split, status, n (patterns), the regularization method, each metric to
-    3 significant digits (↑ higher is better, ↓ lower is better), and the reason for every job that did not
-    succeed."""
-    header = ["dose", "view", "split", "status", "n", "method", *(_metric_header(m) for m in METRICS), "reason"]
+    """A Markdown pipe table: dose, view, split, status, n (patterns), the share of the scored area the probes
+    light, the regularization method, each metric to 3 significant digits (↑ higher is better, ↓ lower is
+    better), and the reason for every job that did not succeed."""
+    header = ["dose", "view", "split", "status", "n", "area lit", "method", *(_metric_header(m) for m in METRICS), "reason"]
     lines = [
         "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---:", "---", "---", "---", "---:", "---", *(["---:"] * len(METRICS)), "---"]) + "|",
+        "|" + "|".join(["---:", "---", "---", "---", "---:", "---:", "---", *(["---:"] * len(METRICS)), "---"]) + "|",
     ]
     for row in rows:
         status = row["status"]
@@ -374,6 +381,7 @@ def rows_to_markdown(rows: list[dict]) -> str:
             row["split"],
             shown_status,
             "" if row.get("n_patterns") is None else str(row["n_patterns"]),
+            "" if row.get("scan_area_lit") is None else f"{100 * row['scan_area_lit']:.0f} %",
             row.get("regularization") or "",
             *(_sig3(row.get(m)) for m in METRICS),
             "" if status == SUCCEEDED else _md_cell(row.get("reason") or "(no reason given)"),
@@ -1244,7 +1252,9 @@ def html_page(
     parts.append("<h2>Quality per job</h2>")
     parts.append(
         "<p>Metrics against the ground truth after registration and phase-offset removal; ↑ higher is better, "
-        "↓ lower is better. Jobs that were not scored are shaded, with their reason.</p>"
+        "↓ lower is better. Every view of a split is scored on the area of the split's full (Phase C) scan; "
+        "<em>area lit</em> is the share of it that the job's probes light (at ≥ 10 % of the probe's peak). "
+        "Jobs that were not scored are shaded, with their reason.</p>"
     )
     parts.append(markdown_table_to_html(markdown_table))
     parts.append("</body></html>")

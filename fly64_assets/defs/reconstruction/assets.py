@@ -58,6 +58,7 @@ from fly64_assets.core.bookkeeping import (
     read_record,
 )
 from fly64_assets.core.contract import ContractError, load_valid
+from fly64_assets.core.coverage import lit_fraction
 from fly64_assets.core.design import PHASE_D_VIEW_SPLITS, SPLITS, Dataset
 from fly64_assets.core.geometry import Geometry, GeometryError, resolve_geometry
 from fly64_assets.core.gpu_placement import placed_device
@@ -402,12 +403,14 @@ def _score_partition(dataset: Dataset, study_paths: StudyPaths, load: LoadValid)
     aligned_path = out_dir / QUALITY_FILE
     write_npz(aligned_path, {"aligned_phase": np.angle(aligned.recon), "truth_phase": np.angle(aligned.truth), "scan_box": np.array(box)})
     used = (reconstruction.get("options") or {}).get("regularization")  # absent from records older than the option
+    lit = lit_fraction(arrays["probeGuess"], arrays["ycoords"], arrays["xcoords"], box)
     record = {
         **dataset.as_record(),
         "status": RECONSTRUCTED,
         "n_patterns": reconstruction["n_patterns"],
         "aligned_path": str(aligned_path),
         "scoring_area": area,
+        "scan_area_lit": lit,
         **metrics.as_dict(),
         "requested_regularization": reconstruction.get("requested_regularization"),
         "tv_weight": Regularization(used).tv_weight if used else None,
@@ -415,7 +418,7 @@ def _score_partition(dataset: Dataset, study_paths: StudyPaths, load: LoadValid)
     }
     write_json(out_dir / QUALITY_RECORD, record)
     metadata = {name: value for name, value in metrics.as_dict().items() if name != "shift_yx"}
-    yield AssetMaterialization(QUALITY, partition=key, metadata={**metadata, "scoring_area": area})
+    yield AssetMaterialization(QUALITY, partition=key, metadata={**metadata, "scoring_area": area, "scan_area_lit": lit})
 
 
 def _outcome(key: str, failures: dict[str, str], input_exists: bool, selected) -> str:
