@@ -107,7 +107,7 @@ def test_rows_carry_the_method_and_the_weight_run():
     assert method_of(report.quality_rows(old), 1000, "baseline", "train") == (None, None)
 
     parsed = list(csv.DictReader(io.StringIO(report.rows_to_csv(rows))))
-    assert list(parsed[0])[-2:] == ["regularization", "tv_weight"]
+    assert list(parsed[0])[-3:] == ["regularization", "tv_weight", "scan_area_lit"]
     assert (parsed[6]["dose"], parsed[6]["view"], parsed[6]["split"], parsed[6]["regularization"]) == ("10000", "baseline", "train", "auto → TV 0.1")
     assert "| 98 | auto → TV 0.3 | " in report.rows_to_markdown(rows)  # the per-job table's method column
 
