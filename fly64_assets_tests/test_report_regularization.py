@@ -58,7 +58,8 @@ def auto_records() -> list[dict]:
         else:
             choice = {"chosen": "off", "chosen_tv_weight": 0.0, "lowest_deviance": None, "candidates": [],
                       "n_patterns": 24, "n_held_out": 0, "held_out_coverage": 0.08, "cost_factor": 1.0, "notes": [DENSE_NOTE]}
-        record.update(requested_regularization="auto", tv_weight=choice["chosen_tv_weight"], regularization_choice=choice)
+        record.update(requested_regularization="auto", tv_weight=choice["chosen_tv_weight"], regularization_choice=choice,
+                      scan_area_lit=1.0 if record["view"] == "baseline" else 0.884)
     return records
 
 
@@ -109,7 +110,8 @@ def test_rows_carry_the_method_and_the_weight_run():
     parsed = list(csv.DictReader(io.StringIO(report.rows_to_csv(rows))))
     assert list(parsed[0])[-3:] == ["regularization", "tv_weight", "scan_area_lit"]
     assert (parsed[6]["dose"], parsed[6]["view"], parsed[6]["split"], parsed[6]["regularization"]) == ("10000", "baseline", "train", "auto → TV 0.1")
-    assert "| 98 | auto → TV 0.3 | " in report.rows_to_markdown(rows)  # the per-job table's method column
+    table = report.rows_to_markdown(rows)  # the per-job table's area-lit and method columns
+    assert "| 98 | 100 % | auto → TV 0.3 | " in table and "| 98 | 88 % | auto → off (held-out coverage" in table
 
     text = report.regularization_markdown(records)
     assert "Not asked to choose: fixed TV 0.1 (1 job), off (1 job)." in text and "| 1e3 | baseline |" not in text
