@@ -434,12 +434,12 @@ def _outcome(key: str, failures: dict[str, str], input_exists: bool, selected) -
     name="ptychi_reconstruction",
     specs=[
         AssetSpec(
-            RECONSTRUCTION, deps=_input_deps(), group_name="reconstruction", skippable=True, code_version="2",
+            RECONSTRUCTION, deps=_input_deps(), group_name="reconstruction", skippable=True, code_version="3",
             automation_condition=react_to_inputs(),
             description="pty-chi LSQML reconstruction of one (dose, view, split) dataset.",
         ),
         AssetSpec(
-            QUALITY, deps=[RECONSTRUCTION], group_name="report", skippable=True, code_version="2",
+            QUALITY, deps=[RECONSTRUCTION], group_name="report", skippable=True, code_version="3",
             automation_condition=react_to_inputs(),
             description="The reconstruction against the ground truth (objectGuess): registered, phase-aligned, "
             "then amplitude/phase MAE, PSNR, SSIM and the FRC resolution (1/7 threshold).",
