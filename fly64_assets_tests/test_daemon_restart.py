@@ -24,13 +24,16 @@ from fly64_assets_tests.dagster_dev import (
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KEYS = [f"1000|{view}_{split}" for view in ("baseline", "dense", "sparse") for split in ("train", "test")]
+EPOCHS = 250
 
 
 def test_a_killed_daemon_restarted_resumes_its_backfill_and_each_partition_is_materialized_once(tmp_path):
     simulate_study(tmp_path / "inputs", scale="demo")
     (tmp_path / "dagster_home").mkdir()
     shutil.copyfile(REPO_ROOT / "dagster.yaml", tmp_path / "dagster_home" / "dagster.yaml")
-    env = study_environment(tmp_path, "400")  # a run of about a minute: long enough to kill the daemon inside it
+    # A run of about a minute (the default auto regularization makes a baseline 1.72x its epochs): long enough to
+    # kill the daemon inside it.
+    env = study_environment(tmp_path, str(EPOCHS))
     services = SeparateServices(REPO_ROOT, env, log_path=tmp_path / "webserver.log")
     try:
         services.start()
@@ -57,5 +60,5 @@ def test_a_killed_daemon_restarted_resumes_its_backfill_and_each_partition_is_ma
     for key in KEYS[:4]:
         folder = Dataset.from_partition_key(key).artifact_dir(tmp_path / "artifacts")
         with np.load(folder / "ptychi_reconstruction.npz", allow_pickle=False) as saved:
-            assert saved["loss_per_epoch"].shape == (400,)
+            assert saved["loss_per_epoch"].shape == (EPOCHS,)
         assert not list(folder.glob(f".*{PARTIAL_SUFFIX}"))
