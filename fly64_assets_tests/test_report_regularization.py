@@ -181,6 +181,11 @@ def test_a_choice_made_by_a_real_reconstruction_reaches_the_report(study_paths, 
     for candidate in choice["candidates"]:
         assert f"{candidate['poisson_deviance']:.4f}" in line
     assert line.count("**") == 2 and "✓" in line
+    within = [c for c in choice["candidates"]  # the rule's evidence: the excess ± error of each close candidate
+              if c["regularization"] != choice["lowest_deviance"] and c["excess_over_lowest"] <= c["excess_standard_error"]]
+    for candidate in within:
+        assert f"(+{candidate['excess_over_lowest']:.4f} ± {candidate['excess_standard_error']:.4f})" in line
+    assert line.count("(+") == len(within)
     assert f"TV weight chosen without the truth: {choice['chosen_tv_weight']:g} at 1e3" in output["headline"]
     report_dir = study_paths.artifact_file("report")
     assert (report_dir / "regularization.md").read_text() == output["regularization"]

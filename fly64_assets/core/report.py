@@ -406,7 +406,8 @@ REGULARIZATION_INTRO = (
     "With regularization auto, each dataset's total-variation weight w is chosen from its own patterns, not from "
     "the truth: a seeded share of the patterns is held out, every candidate weight reconstructs the rest and is "
     "scored by how well it predicts the held-out photon counts (Poisson deviance per pixel, lower is better; the "
-    "lowest in bold). The least regularized candidate within one standard error of the lowest is kept (✓) and "
+    "lowest in bold). The least regularized candidate within one standard error of the lowest (its excess ± that "
+    "error shown) is kept (✓) and "
     "reconstructed on every pattern; where the kept scan does not overlap the held-out patterns (too little "
     "coverage) nothing can be validated and no regularization is used. Method and measurements: docs/SCIENCE.md."
 )
@@ -436,10 +437,14 @@ def _job_label(record: dict) -> str:
 
 
 def _deviance_cell(candidate: dict, choice: dict) -> str:
-    """``"0.2145"``, bold when it is the lowest, ✓ when it is the chosen candidate."""
+    """``"0.2145"``, bold when it is the lowest; a candidate within one standard error of the lowest also shows its
+    excess over it ± that error (``"0.3160 (+0.0073 ± 0.0074)"``); ✓ marks the chosen candidate."""
     text = f"{candidate['poisson_deviance']:.4f}"
+    excess, error = candidate.get("excess_over_lowest"), candidate.get("excess_standard_error")
     if candidate["regularization"] == choice.get("lowest_deviance"):
         text = f"**{text}**"
+    elif excess is not None and error is not None and excess <= error:
+        text += f" (+{excess:.4f} ± {error:.4f})"
     return text + (" ✓" if candidate["regularization"] == choice["chosen"] else "")
 
 
