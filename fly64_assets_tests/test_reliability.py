@@ -68,6 +68,9 @@ def study_env(study_paths, tmp_path, monkeypatch):
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    # Create the instance's storage now: runners started together on a fresh home would race to create the same
+    # SQLite tables (seen once in CI as "table ... already exists").
+    DagsterInstance.get().dispose()
     return {**os.environ, **env}
 
 
