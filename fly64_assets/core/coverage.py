@@ -19,6 +19,11 @@ def probe_intensity(probe: np.ndarray) -> np.ndarray:
     return np.sum(np.abs(probe.reshape(-1, *probe.shape[-2:]).astype(np.complex128)) ** 2, axis=0)
 
 
+def window_starts(coords: np.ndarray, size: int) -> np.ndarray:
+    """First pixel (integer) of the ``size``-wide window centred on each probe centre: ``round(c - (size-1)/2)``."""
+    return np.rint(np.asarray(coords, float) - (size - 1) / 2).astype(np.int64)
+
+
 def illumination(
     probe: np.ndarray, ycoords: np.ndarray, xcoords: np.ndarray, lighting: np.ndarray | None = None
 ) -> tuple[np.ndarray, tuple[int, int]]:
@@ -27,8 +32,7 @@ def illumination(
     pixel ``origin_yx`` (positions rounded to whole pixels)."""
     intensity = probe_intensity(probe)
     size = intensity.shape[-1]
-    starts_y = np.rint(np.asarray(ycoords, float) - (size - 1) / 2).astype(int)
-    starts_x = np.rint(np.asarray(xcoords, float) - (size - 1) / 2).astype(int)
+    starts_y, starts_x = window_starts(ycoords, size), window_starts(xcoords, size)
     origin = (int(starts_y.min()), int(starts_x.min()))
     lit = np.zeros((starts_y.max() - origin[0] + size, starts_x.max() - origin[1] + size))
     chosen = np.ones(starts_y.size, bool) if lighting is None else np.asarray(lighting, bool)

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from fly64_assets.core.coverage import LIT_LEVEL, illumination, probe_intensity
+from fly64_assets.core.coverage import LIT_LEVEL, illumination, probe_intensity, window_starts
 from fly64_assets.core.lsqml import (
     EpochCallback,
     ReconstructionResult,
@@ -162,8 +162,8 @@ def held_out_coverage(probe: np.ndarray, ycoords: np.ndarray, xcoords: np.ndarra
     size = intensity.shape[-1]
     kept_map, (oy, ox) = illumination(probe, ycoords, xcoords, lighting=~held)
     lit = kept_map >= LIT_LEVEL * intensity.max()
-    starts_y = np.rint(np.asarray(ycoords, float)[held] - (size - 1) / 2).astype(int) - oy
-    starts_x = np.rint(np.asarray(xcoords, float)[held] - (size - 1) / 2).astype(int) - ox
+    starts_y = window_starts(np.asarray(ycoords, float)[held], size) - oy
+    starts_x = window_starts(np.asarray(xcoords, float)[held], size) - ox
     fractions = [np.sum(intensity * lit[y : y + size, x : x + size]) / np.sum(intensity) for y, x in zip(starts_y, starts_x)]
     return float(np.mean(fractions))
 
@@ -273,6 +273,12 @@ def candidate_epochs_for(epochs: int) -> tuple[int, int]:
     return max(1, round(SHARED_FRACTION * epochs)), max(1, round(CANDIDATE_FRACTION * epochs))
 
 
+def _choice_epochs(options: ReconstructionOptions, shared: int | None, candidate: int | None) -> tuple[int, int]:
+    """The (shared, per candidate) epochs asked for, ``candidate_epochs_for``'s where left None."""
+    default_shared, default_candidate = candidate_epochs_for(options.epochs)
+    return (default_shared if shared is None else shared), (default_candidate if candidate is None else candidate)
+
+
 def score_candidates(
     diffraction_amplitude: np.ndarray,
     probe_guess: np.ndarray,
@@ -291,9 +297,7 @@ def score_candidates(
     order of ``candidates``), the held-out mask and the pattern-epochs spent (in full-data epochs). Epochs left
     None follow ``options.epochs`` (``candidate_epochs_for``).
     """
-    default_shared, default_candidate = candidate_epochs_for(options.epochs)
-    shared_epochs = default_shared if shared_epochs is None else shared_epochs
-    candidate_epochs = default_candidate if candidate_epochs is None else candidate_epochs
+    shared_epochs, candidate_epochs = _choice_epochs(options, shared_epochs, candidate_epochs)
     amplitudes = np.asarray(diffraction_amplitude)
     ycoords, xcoords = np.asarray(ycoords, float), np.asarray(xcoords, float)
     held = holdout_mask(len(amplitudes), options.holdout_percent, options.random_seed)
@@ -376,15 +380,12 @@ def choose_and_reconstruct(
                              snapshot_every, on_snapshot)
         return result, RegularizationChoice(
             chosen=fallback.value, chosen_tv_weight=_weight(fallback), lowest_deviance=None, candidates=[],
-            n_patterns=n_patterns,
-            n_held_out=0, holdout_seed=seed, held_out_coverage=coverage, shared_epochs=0, candidate_epochs=0,
+            n_patterns=n_patterns, n_held_out=0, holdout_seed=seed, held_out_coverage=coverage, shared_epochs=0, candidate_epochs=0,
             final_epochs=options.epochs, epochs_spent=options.epochs, cost_factor=1.0, choice_wall_time_s=0.0,
             final_wall_time_s=result.wall_time_s, wall_time_s=result.wall_time_s,
             notes=[f"{note}; reconstructed with {fallback.value}"],
         )
-    default_shared, default_candidate = candidate_epochs_for(options.epochs)
-    shared_epochs = default_shared if shared_epochs is None else shared_epochs
-    candidate_epochs = default_candidate if candidate_epochs is None else candidate_epochs
+    shared_epochs, candidate_epochs = _choice_epochs(options, shared_epochs, candidate_epochs)
     began = time.perf_counter()
     scores, held, epochs_spent = score_candidates(
         diffraction_amplitude, probe_guess, ycoords, xcoords, options, candidates, shared_epochs, candidate_epochs,

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage, signal
 
+from fly64_assets.core.coverage import window_starts
 from fly64_assets.core.design import (
     DOSES,
     MIN_ACCEPTANCE,
@@ -154,11 +155,6 @@ def make_object(size: int, rng: np.random.Generator) -> np.ndarray:
     return (amplitude * np.exp(1j * phase)).astype(np.complex64)
 
 
-def _window_starts(coords: np.ndarray, size: int = PATTERN_SIZE) -> np.ndarray:
-    """Integer first pixel of each probe window from probe-centre coordinates (pty-chi's convention)."""
-    return np.rint(np.asarray(coords) - (size - 1) / 2).astype(np.int64)
-
-
 def scan_positions(scale: Scale, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Probe centres (ycoords, xcoords) of a jittered square raster, row by row, every window inside the object."""
     n = scale.positions_per_side
@@ -200,7 +196,7 @@ def greedy_min_spacing(
 def far_field_intensity(probe: np.ndarray, obj: np.ndarray, ycoords: np.ndarray, xcoords: np.ndarray) -> np.ndarray:
     """Noise-free patterns, DC-centred: ``fftshift(|fft2(probe * window)|**2)`` (pty-chi's model, unnormalised FFT)."""
     size = probe.shape[0]
-    starts_y, starts_x = _window_starts(ycoords, size), _window_starts(xcoords, size)
+    starts_y, starts_x = window_starts(ycoords, size), window_starts(xcoords, size)
     offsets = np.arange(size)
     patches = obj[starts_y[:, None, None] + offsets[None, :, None], starts_x[:, None, None] + offsets[None, None, :]]
     far_field = np.fft.fft2(probe.astype(np.complex128) * patches.astype(np.complex128))
@@ -219,7 +215,7 @@ def _scale_probe_to_dose(
         np.abs(obj.astype(np.complex128)) ** 2, np.abs(probe.astype(np.complex128)) ** 2, mode="valid"
     )
     size = probe.shape[0]
-    exit_energy = weighted[_window_starts(ycoords, size), _window_starts(xcoords, size)]
+    exit_energy = weighted[window_starts(ycoords, size), window_starts(xcoords, size)]
     mean_total = probe.size * exit_energy.mean()
     return (probe * np.sqrt(dose / mean_total)).astype(np.complex64)
 
