@@ -1,4 +1,4 @@
-"""The study report (fly64_assets.core.report): rows over the full grid, tables, the dose exponent, figures, pages."""
+"""The study report (the fly64_assets.core.report package): rows over the full grid, tables, the dose exponent, figures, pages."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import re
 import numpy as np
 import pytest
 
-from fly64_assets.core import report
 from fly64_assets.core.design import ALL_DATASETS, DOSES, VIEWS
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+from fly64_assets.core.report import figures, fits, page, tables
+from fly64_assets.core.report.headline import headline
+from fly64_assets.core.report.records import HIGHER_IS_BETTER, METRIC_LABELS, METRIC_UNITS, METRICS
+from fly64_assets_tests.figure_checks import assert_figure_drawn
 
 
 def metrics_for(dose: int, view: str, split: str, exponent: float = -0.3) -> dict:
@@ -58,18 +59,18 @@ def make_records(exponent: float = -0.3) -> list[dict]:
 
 @pytest.fixture
 def rows() -> list[dict]:
-    return report.quality_rows(make_records())
+    return tables.quality_rows(make_records())
 
 
 def test_quality_rows_cover_the_grid_in_order_and_mark_absent_jobs_missing(rows):
     assert len(rows) == 18
     assert [(r["dose"], r["view"], r["split"]) for r in rows] == [(j.dose, j.view, j.split) for j in ALL_DATASETS]
-    assert all(list(r) == list(report.ROW_KEYS) for r in rows)
+    assert all(list(r) == list(tables.ROW_KEYS) for r in rows)
     by_job = {(r["dose"], r["view"], r["split"]): r for r in rows}
     for split in ("train", "test"):
         missing = by_job[(100000, "sparse", split)]
         assert missing["status"] == "missing" and missing["reason"]
-        assert all(missing[m] is None for m in report.METRICS)
+        assert all(missing[m] is None for m in METRICS)
         skipped = by_job[(1000, "sparse", split)]
         assert skipped["status"] == "skipped" and "Phase D" in skipped["reason"]
         assert skipped["phase_ssim"] is None
@@ -81,30 +82,30 @@ def test_quality_rows_cover_the_grid_in_order_and_mark_absent_jobs_missing(rows)
 
 
 def test_quality_rows_of_nothing_are_all_missing():
-    rows = report.quality_rows([])
+    rows = tables.quality_rows([])
     assert len(rows) == 18 and {r["status"] for r in rows} == {"missing"}
 
 
 def test_quality_rows_reject_duplicates():
     records = make_records()
     with pytest.raises(ValueError, match="two quality records"):
-        report.quality_rows(records + [records[0]])
+        tables.quality_rows(records + [records[0]])
 
 
 def test_metric_tables_are_consistent():
-    assert set(report.METRICS) == set(report.METRIC_LABELS) == set(report.METRIC_UNITS)
-    assert report.HIGHER_IS_BETTER <= set(report.METRICS)
-    assert "phase_mae" not in report.HIGHER_IS_BETTER and "phase_ssim" in report.HIGHER_IS_BETTER
+    assert set(METRICS) == set(METRIC_LABELS) == set(METRIC_UNITS)
+    assert HIGHER_IS_BETTER <= set(METRICS)
+    assert "phase_mae" not in HIGHER_IS_BETTER and "phase_ssim" in HIGHER_IS_BETTER
 
 
 def test_csv_parses_back(rows):
-    parsed = list(csv.DictReader(io.StringIO(report.rows_to_csv(rows))))
+    parsed = list(csv.DictReader(io.StringIO(tables.rows_to_csv(rows))))
     assert len(parsed) == 18
-    assert list(parsed[0]) == list(report.ROW_KEYS)
+    assert list(parsed[0]) == list(tables.ROW_KEYS)
     for row, back in zip(rows, parsed):
         assert int(back["dose"]) == row["dose"] and back["view"] == row["view"] and back["split"] == row["split"]
         assert back["status"] == row["status"]
-        for metric in report.METRICS:
+        for metric in METRICS:
             if row[metric] is None:
                 assert back[metric] == ""
             else:
@@ -114,7 +115,7 @@ def test_csv_parses_back(rows):
 
 
 def test_markdown_table_has_a_row_per_job(rows):
-    table = report.rows_to_markdown(rows)
+    table = tables.rows_to_markdown(rows)
     lines = table.strip().splitlines()
     data = lines[2:]
     assert len(data) == 18
@@ -131,28 +132,28 @@ def test_markdown_table_has_a_row_per_job(rows):
 
 @pytest.mark.parametrize("exponent", [-0.3, -0.25])
 def test_dose_exponents_recover_a_power_law(exponent):
-    rows = report.quality_rows(make_records(exponent))
-    fits = report.dose_exponents(rows, "train")
-    assert set(fits) == set(VIEWS)
-    assert fits["baseline"]["exponent"] == pytest.approx(exponent, abs=1e-9)
-    assert fits["baseline"]["prefactor"] == pytest.approx(50.0, rel=1e-9)
-    assert fits["baseline"]["n_points"] == 3
+    rows = tables.quality_rows(make_records(exponent))
+    fitted = fits.dose_exponents(rows, "train")
+    assert set(fitted) == set(VIEWS)
+    assert fitted["baseline"]["exponent"] == pytest.approx(exponent, abs=1e-9)
+    assert fitted["baseline"]["prefactor"] == pytest.approx(50.0, rel=1e-9)
+    assert fitted["baseline"]["n_points"] == 3
     # dense/test failed at 1e3: two points still fit exactly
-    test_fits = report.dose_exponents(rows, "test")
+    test_fits = fits.dose_exponents(rows, "test")
     assert test_fits["dense"]["n_points"] == 2
     assert test_fits["dense"]["exponent"] == pytest.approx(exponent, abs=1e-9)
     # sparse: nothing scored
-    assert fits["sparse"] == {"exponent": None, "prefactor": None, "n_points": 0}
+    assert fitted["sparse"] == {"exponent": None, "prefactor": None, "n_points": 0}
 
 
 def test_dose_exponents_need_two_points():
     records = [r for r in make_records() if not (r["view"] == "baseline" and r["dose"] != 1000)]
-    fits = report.dose_exponents(report.quality_rows(records), "train")
-    assert fits["baseline"] == {"exponent": None, "prefactor": None, "n_points": 1}
+    fitted = fits.dose_exponents(tables.quality_rows(records), "train")
+    assert fitted["baseline"] == {"exponent": None, "prefactor": None, "n_points": 1}
 
 
 def test_headline_mentions_doses_and_exponent(rows):
-    line = report.headline(rows)
+    line = headline(rows)
     assert "\n" not in line
     for dose in ("1e3", "1e4", "1e5"):
         assert dose in line
@@ -163,7 +164,7 @@ def test_headline_mentions_doses_and_exponent(rows):
 
 def test_headline_shows_unscored_doses():
     records = [r for r in make_records() if not (r["view"] == "baseline" and r["dose"] == 100000)]
-    line = report.headline(report.quality_rows(records))
+    line = headline(tables.quality_rows(records))
     assert "to 0.220 ± 0.000 rad at 1e4 photons/pattern (1e5 not scored)" in line
 
 
@@ -186,45 +187,49 @@ def phase_panels(split: str = "train"):
 def test_pngs_are_valid_with_unavailable_panels(rows):
     truth, panels = phase_panels()
     images = {
-        "phase_grid.png": report.phase_grid_png(truth, panels, "train"),
-        "phase_grid_noted.png": report.phase_grid_png(truth, panels, "train", notes={(1000, "sparse"): "skipped:\nnot written"}),
-        "metrics_vs_dose.png": report.metrics_vs_dose_png(rows, "train"),
-        "resolution_vs_dose.png": report.resolution_fit_png(rows, report.dose_exponents(rows), "train"),
+        "phase_grid.png": figures.phase_grid_png(truth, panels, "train"),
+        "phase_grid_noted.png": figures.phase_grid_png(truth, panels, "train", notes={(1000, "sparse"): "skipped:\nnot written"}),
+        "metrics_vs_dose.png": figures.metrics_vs_dose_png(rows, "train"),
+        "resolution_vs_dose.png": figures.resolution_fit_png(rows, fits.dose_exponents(rows), "train"),
     }
     for name, png in images.items():
-        assert png.startswith(PNG_MAGIC), name
+        assert_figure_drawn(png, name)
 
 
 def test_figures_survive_a_study_with_nothing_scored():
-    rows = report.quality_rows([])
-    exponents = report.dose_exponents(rows)
-    assert report.metrics_vs_dose_png(rows).startswith(PNG_MAGIC)
-    assert report.resolution_fit_png(rows, exponents).startswith(PNG_MAGIC)
+    rows = tables.quality_rows([])
+    exponents = fits.dose_exponents(rows)
+    assert_figure_drawn(figures.metrics_vs_dose_png(rows), "metrics_vs_dose.png")
+    assert_figure_drawn(figures.resolution_fit_png(rows, exponents), "resolution_vs_dose.png")
     truth, _ = phase_panels()
-    assert report.phase_grid_png(truth, {}, "test").startswith(PNG_MAGIC)
+    assert_figure_drawn(figures.phase_grid_png(truth, {}, "test"), "phase_grid.png")
 
 
 def test_html_page_is_self_contained(rows):
-    table = report.rows_to_markdown(rows)
-    images = {"a.png": report.metrics_vs_dose_png(rows), "b.png": report.resolution_fit_png(rows, report.dose_exponents(rows))}
-    page = report.html_page("fly64 <study>", report.headline(rows), table, images, ["12 of 18 jobs scored"])
-    assert page.count("data:image/png;base64,") == len(images)
-    assert "http" not in page
-    assert not re.search(r"<(link|script)\b", page)
-    assert "fly64 &lt;study&gt;" in page
-    assert "12 of 18 jobs scored" in page
-    assert page.count("<tr") == 1 + 18
-    assert "LSQML diverged | NaN loss" in page
-    assert "<td" in page and ">0.460<" in page and ">missing<" in page
+    images = {"a.png": figures.metrics_vs_dose_png(rows), "b.png": figures.resolution_fit_png(rows, fits.dose_exponents(rows))}
+    notes = ["12 of 18 jobs scored", "<script>alert('raw HTML in the text stays text')</script>"]
+    text = page.report_markdown(headline(rows), tables.rows_to_markdown(rows), images, fits.dose_exponents(rows), notes)
+    html = page.html_page("fly64 <study>", text)
+    assert html.count("data:image/png;base64,") == len(images)
+    assert "http" not in html
+    assert not re.search(r"<(link|script)\b", html)
+    assert "<title>fly64 &lt;study&gt;</title>" in html and "&lt;script&gt;" in html
+    assert "12 of 18 jobs scored" in html
+    per_job = html[html.index('<section id="quality-per-job">'):]
+    assert per_job.count("<tr") == 1 + 18
+    assert ">0.460<" in per_job
+    # an unscored job is shaded and says its reason once, across the 11 columns it has no value for
+    assert per_job.count('<tr class="unscored">') == 2 + 4 + 1  # missing, skipped, failed
+    assert "<td><strong>failed</strong></td>\n<td colspan=\"12\">LSQML diverged | NaN loss</td>" in per_job
 
 
 def test_report_markdown_has_images_and_exponents(rows):
-    exponents = report.dose_exponents(rows)
-    images = {"resolution_vs_dose.png": report.resolution_fit_png(rows, exponents)}
-    text = report.report_markdown(report.headline(rows), report.rows_to_markdown(rows), images, exponents)
+    exponents = fits.dose_exponents(rows)
+    images = {"resolution_vs_dose.png": figures.resolution_fit_png(rows, exponents)}
+    text = page.report_markdown(headline(rows), tables.rows_to_markdown(rows), images, exponents)
     assert "](data:image/png;base64," in text
     assert "| baseline | -0.300 |" in text and "-0.250" in text
-    replicates = report.report_markdown(report.headline(rows), report.rows_to_markdown(rows), images,
-                                        report.dose_exponent_replicates(rows))
+    replicates = page.report_markdown(headline(rows), tables.rows_to_markdown(rows), images,
+                                        fits.dose_exponent_replicates(rows))
     assert "| baseline | -0.300 | 0.000 | -0.300 | -0.300 |" in replicates
     assert "| 1e5 | sparse | test | **missing** |" in text

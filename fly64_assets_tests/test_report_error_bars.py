@@ -11,17 +11,18 @@ import numpy as np
 import pytest
 from dagster import AssetKey, materialize_to_memory
 
-from fly64_assets.core import report
 from fly64_assets.core.bookkeeping import (
     QUALITY_RECORD,
     RECONSTRUCTION_RECORD,
     read_record,
 )
 from fly64_assets.core.design import ALL_DATASETS, DOSES, Dataset
+from fly64_assets.core.report import figures, fits, page, tables
+from fly64_assets.core.report.headline import headline
+from fly64_assets.core.report.records import METRICS
 from fly64_assets.defs.inputs.assets import phase_c_patched, phase_d_overlap
 from fly64_assets.defs.reconstruction.assets import ptychi_reconstruction
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+from fly64_assets_tests.figure_checks import assert_figure_drawn
 
 PHASE_MAE = {  # (dose, view) -> (train, test), radians
     (1000, "baseline"): (0.30, 0.34),
@@ -64,11 +65,11 @@ def hand_made_records(exponents: dict[str, float] = EXPONENTS, noise: float = 0.
 
 
 def summary_of(rows: list[dict], dose: int, view: str) -> dict:
-    return next(s for s in report.replicate_summary(rows) if s["dose"] == dose and s["view"] == view)
+    return next(s for s in tables.replicate_summary(rows) if s["dose"] == dose and s["view"] == view)
 
 
 def test_mean_and_half_difference_of_the_two_splits():
-    rows = report.quality_rows(hand_made_records())
+    rows = tables.quality_rows(hand_made_records())
     entry = summary_of(rows, 1000, "baseline")
     assert (entry["n_replicates"], entry["replicates"], entry["note"]) == (2, "train+test", None)
     assert entry["phase_mae_train"] == 0.30 and entry["phase_mae_test"] == 0.34
@@ -77,21 +78,21 @@ def test_mean_and_half_difference_of_the_two_splits():
     assert entry["amplitude_mae_mean"] == pytest.approx(0.16, abs=1e-12)
     assert entry["amplitude_mae_spread"] == pytest.approx(0.01, abs=1e-12)
     assert summary_of(rows, 100000, "dense")["phase_ssim_spread"] == pytest.approx(0.005, abs=1e-12)
-    assert list(entry) == list(report.SUMMARY_KEYS)
+    assert list(entry) == list(tables.SUMMARY_KEYS)
 
     # each job's row carries its (dose, view)'s summary after its own columns; the old columns come first, unchanged
     row = next(r for r in rows if (r["dose"], r["view"], r["split"]) == (1000, "baseline", "test"))
     assert row["phase_mae"] == 0.34 and row["phase_mae_mean"] == pytest.approx(0.32) and row["phase_mae_spread"] == pytest.approx(0.02)
-    assert report.ROW_KEYS[: report.ROW_KEYS.index("reason") + 1] == (
-        "dose", "view", "split", "status", "n_patterns", *report.METRICS, "reason"
+    assert tables.ROW_KEYS[: tables.ROW_KEYS.index("reason") + 1] == (
+        "dose", "view", "split", "status", "n_patterns", *METRICS, "reason"
     )
-    parsed = list(csv.DictReader(io.StringIO(report.rows_to_csv(rows))))
+    parsed = list(csv.DictReader(io.StringIO(tables.rows_to_csv(rows))))
     assert float(parsed[1]["phase_mae_mean"]) == pytest.approx(0.32) and float(parsed[1]["phase_mae_spread"]) == pytest.approx(0.02)
 
-    table = report.summary_to_markdown(report.replicate_summary(rows))
+    table = tables.summary_to_markdown(tables.replicate_summary(rows))
     line = next(line for line in table.splitlines() if line.startswith("| 1e3 | baseline |"))
     assert "| 0.320 ± 0.020 |" in line and "| train + test |" in line
-    summary_csv = list(csv.DictReader(io.StringIO(report.summary_to_csv(report.replicate_summary(rows)))))
+    summary_csv = list(csv.DictReader(io.StringIO(tables.summary_to_csv(tables.replicate_summary(rows)))))
     assert len(summary_csv) == 9 and float(summary_csv[0]["phase_mae_spread"]) == pytest.approx(0.02)
 
 
@@ -102,7 +103,7 @@ def test_a_missing_replicate_shows_the_one_value_without_spread_and_says_so():
             record.clear()
             record.update(dose=10000, view="dense", split="test", status="failed", reason="LSQML diverged")
     records = [r for r in records if (r["dose"], r["view"], r["split"]) != (100000, "baseline", "train")]  # no record
-    rows = report.quality_rows(records)
+    rows = tables.quality_rows(records)
 
     dense = summary_of(rows, 10000, "dense")
     assert (dense["n_replicates"], dense["replicates"]) == (1, "train")
@@ -116,40 +117,39 @@ def test_a_missing_replicate_shows_the_one_value_without_spread_and_says_so():
     assert sparse["n_replicates"] == 0 and sparse["phase_mae_mean"] is None
     assert sparse["note"] == "no split scored: train and test skipped (sparse view not written by Phase D)"
 
-    table = report.summary_to_markdown(report.replicate_summary(rows))
+    table = tables.summary_to_markdown(tables.replicate_summary(rows))
     assert "| 0.250 (train only) |" in table and "| 0.120 (test only) |" in table
     assert "| 1e3 | sparse | **none** |" in table
     row = next(r for r in rows if (r["dose"], r["view"], r["split"]) == (10000, "dense", "train"))
     assert row["n_replicates"] == 1 and row["phase_mae_spread"] is None
-    line = report.headline(rows)
+    line = headline(rows)
     assert "0.120 rad (test only) at 1e5" in line  # the baseline's 1e5 rests on one split, and says which
 
     # the figures draw a one-split point without an error bar; they still render
-    fits = report.dose_exponent_replicates(rows)
-    assert report.metrics_vs_dose_png(rows).startswith(PNG_MAGIC)
-    assert report.resolution_fit_png(rows, fits).startswith(PNG_MAGIC)
+    assert_figure_drawn(figures.metrics_vs_dose_png(rows), "metrics_vs_dose.png")
+    assert_figure_drawn(figures.resolution_fit_png(rows, fits.dose_exponent_replicates(rows)), "resolution_vs_dose.png")
 
 
 def test_the_dose_exponent_comes_with_its_replicate_uncertainty():
-    rows = report.quality_rows(hand_made_records())
-    fits = report.dose_exponent_replicates(rows)
-    baseline = fits["baseline"]
+    rows = tables.quality_rows(hand_made_records())
+    fitted = fits.dose_exponent_replicates(rows)
+    baseline = fitted["baseline"]
     assert baseline["per_split"]["train"]["exponent"] == pytest.approx(-0.22, abs=1e-9)
     assert baseline["per_split"]["test"]["exponent"] == pytest.approx(-0.28, abs=1e-9)
     assert baseline["exponent"] == pytest.approx(-0.25, abs=1e-9)
     assert baseline["uncertainty"] == pytest.approx(0.03, abs=1e-9)
     assert baseline["prefactor"] == pytest.approx(40.0, rel=1e-9)
     assert (baseline["n_points"], baseline["n_replicates"], baseline["note"]) == (3, 2, None)
-    assert fits["sparse"]["exponent"] is None and fits["sparse"]["uncertainty"] is None
-    assert report.format_exponent(baseline) == "-0.25 ± 0.03"
-    text = report.exponents_markdown(fits)
+    assert fitted["sparse"]["exponent"] is None and fitted["sparse"]["uncertainty"] is None
+    assert fits.format_exponent(baseline) == "-0.25 ± 0.03"
+    text = fits.exponents_markdown(fitted)
     assert "| baseline | -0.250 | 0.030 | -0.220 | -0.280 |" in text and "-0.250 | | | | | | Howells" in text
 
     # only one split fitted (the other has a single scored dose): its exponent, no uncertainty
     records = [r for r in hand_made_records() if not (r["split"] == "test" and r["dose"] != 1000)]
-    one = report.dose_exponent_replicates(report.quality_rows(records))["baseline"]
+    one = fits.dose_exponent_replicates(tables.quality_rows(records))["baseline"]
     assert one["exponent"] == pytest.approx(-0.22, abs=1e-9) and one["uncertainty"] is None
-    assert one["note"] == "train split only: no uncertainty" and report.format_exponent(one) == "-0.22 (train only)"
+    assert one["note"] == "train split only: no uncertainty" and fits.format_exponent(one) == "-0.22 (train only)"
 
 
 @pytest.mark.parametrize("true_exponent", [-0.25, -0.4])
@@ -159,14 +159,14 @@ def test_the_exponent_fit_recovers_a_known_exponent_from_noisy_replicates(true_e
     errors = []
     for seed in range(20):
         records = hand_made_records({"train": true_exponent, "test": true_exponent}, noise=0.05, seed=seed)
-        fit = report.dose_exponent_replicates(report.quality_rows(records))["baseline"]
+        fit = fits.dose_exponent_replicates(tables.quality_rows(records))["baseline"]
         assert fit["exponent"] == pytest.approx(true_exponent, abs=0.05)
         errors.append((fit["exponent"] - true_exponent) / max(fit["uncertainty"], 1e-3))
     assert abs(np.mean(errors)) < 1.5  # unbiased: the errors scatter around zero
 
 
 def test_the_headline_states_the_answer_with_the_numbers():
-    line = report.headline(report.quality_rows(hand_made_records()))
+    line = headline(tables.quality_rows(hand_made_records()))
     assert "\n" not in line and line.count(". ") == 1  # two sentences
     assert "baseline phase error falls from 0.320 ± 0.020 rad at 1e3 to 0.110 ± 0.010 rad at 1e5 photons/pattern" in line
     assert "FRC resolution scales as D^(-0.25 ± 0.03), expected -1/4" in line
@@ -176,7 +176,7 @@ def test_the_headline_states_the_answer_with_the_numbers():
 
 
 def test_a_headline_with_nothing_scored_says_so():
-    line = report.headline(report.quality_rows([]))
+    line = headline(tables.quality_rows([]))
     assert line.startswith("Over the train and test splits (mean ± half-difference), the baseline view was not scored")
     assert "missing at 1e3, 1e4, 1e5" in line and "n/a" in line
 
@@ -189,17 +189,17 @@ def curve(epochs, values, loss=None) -> dict:
 def test_convergence_verdicts_from_the_curves_shape():
     epochs = np.arange(10, 101, 10)
     levels = 0.1 + 0.3 * np.exp(-epochs / 7.0)  # within 2 % of the final value from epoch 40 on
-    verdict = report.convergence_verdict(epochs, levels)
+    verdict = fits.convergence_verdict(epochs, levels)
     assert (verdict["verdict"], verdict["plateau_epoch"], verdict["epochs_run"]) == ("levels off", 40, 100)
     falling = 0.1 + 0.3 * np.exp(-epochs / 60.0)
-    improving = report.convergence_verdict(epochs, falling)
+    improving = fits.convergence_verdict(epochs, falling)
     assert improving["verdict"] == "still improving" and improving["last_change"] > 0.01
     u_shape = 0.1 + 0.002 * (epochs - 40.0) ** 2 / 100
-    rises = report.convergence_verdict(epochs, u_shape)
+    rises = fits.convergence_verdict(epochs, u_shape)
     assert (rises["verdict"], rises["best_epoch"], rises["best"]) == ("rises", 40, pytest.approx(0.1))
-    assert report.convergence_verdict([10], [0.3])["verdict"] == "too few snapshots"
+    assert fits.convergence_verdict([10], [0.3])["verdict"] == "too few snapshots"
     # higher-is-better metrics are judged the same way round
-    assert report.convergence_verdict(epochs, 1 - levels, higher_is_better=True)["verdict"] == "levels off"
+    assert fits.convergence_verdict(epochs, 1 - levels, higher_is_better=True)["verdict"] == "levels off"
 
     curves = {
         (1000, "baseline", "train"): curve(epochs, u_shape),
@@ -207,31 +207,32 @@ def test_convergence_verdicts_from_the_curves_shape():
         (10000, "baseline", "train"): curve(epochs, levels),
         (100000, "baseline", "test"): curve(epochs, falling),
     }
-    notes = report.convergence_notes(curves)
+    notes = fits.convergence_notes(curves)
     assert len(notes) == len(DOSES)
     assert notes[0].startswith("At 1e3, phase MAE vs epoch: baseline best at epoch 40 (0.100 rad)")
     assert "too many" in notes[0] and "dense: no curve recorded" in notes[0]
     assert "baseline (train only) stops improving after ~40 epochs" in notes[1] and "100 is enough" in notes[1]
     assert "baseline (test only) still improving at epoch 100" in notes[2] and "too few" in notes[2]
-    assert report.convergence_png(curves).startswith(PNG_MAGIC)
-    assert report.convergence_png({}).startswith(PNG_MAGIC)
-    assert report.convergence_notes({}) == []
+    assert_figure_drawn(figures.convergence_png(curves), "convergence.png")
+    assert_figure_drawn(figures.convergence_png({}), "convergence.png, nothing recorded")
+    assert fits.convergence_notes({}) == []
 
 
 def test_the_pages_carry_the_replicate_table_the_exponents_and_the_convergence_notes():
-    rows = report.quality_rows(hand_made_records())
-    fits = report.dose_exponent_replicates(rows)
-    summary_table = report.summary_to_markdown(report.replicate_summary(rows))
+    rows = tables.quality_rows(hand_made_records())
+    summary_table = tables.summary_to_markdown(tables.replicate_summary(rows))
     convergence = ["At 1e3, phase MAE vs epoch: baseline stops improving after ~40 epochs."]
-    images = {"metrics_vs_dose.png": report.metrics_vs_dose_png(rows)}
-    page = report.html_page("study", report.headline(rows), report.rows_to_markdown(rows), images, [],
-                            summary_table=summary_table, exponents=fits, convergence=convergence)
-    assert ">0.320 ± 0.020<" in page and "Howells et al. 2009" in page and "stops improving after ~40 epochs" in page
-    assert "<em>expected (dose fractionation)</em>" in page
-    assert page.count("<table>") == 3 and page.count("<tr") == (1 + 9) + (1 + 4) + (1 + 18)
-    text = report.report_markdown(report.headline(rows), report.rows_to_markdown(rows), images, fits, [],
-                                  summary_table=summary_table, convergence=convergence)
+    images = {"metrics_vs_dose.png": figures.metrics_vs_dose_png(rows)}
+    text = page.report_markdown(headline(rows), tables.rows_to_markdown(rows), images, fits.dose_exponent_replicates(rows),
+                                [], summary_table=summary_table, convergence=convergence)
     assert "| 1e3 | baseline | train + test | " in text and "- At 1e3, phase MAE vs epoch" in text
+    html = page.html_page("study", text)
+    assert ">0.320 ± 0.020<" in html and "Howells et al. 2009" in html and "stops improving after ~40 epochs" in html
+    assert "<em>expected (dose fractionation)</em>" in html
+    assert html.count("<table>") == 3 and html.count("<tr") == (1 + 9) + (1 + 4) + (1 + 18)
+    # the sparse view, never scored: its note once across the summary's metric columns
+    assert html.count('<tr class="unscored">') == 3 + 6
+    assert '<td><strong>none</strong></td>\n<td colspan="9">no split scored: train and test skipped' in html
 
 
 # --------------------------------------------------------------------------------------------------
@@ -265,10 +266,10 @@ def test_the_convergence_curve_is_recorded_and_can_be_switched_off(study_paths, 
     curve = record["convergence"]
     assert curve["epochs"] == [4, 6]  # every 4 epochs and after the last
     assert curve["every"] == 4 and curve["error"] is None and curve["scoring_area"] == "phase_c_scan"
-    assert set(report.METRICS) <= set(curve) and all(len(curve[m]) == 2 for m in report.METRICS)
+    assert set(METRICS) <= set(curve) and all(len(curve[m]) == 2 for m in METRICS)
     assert metadata["convergence"] == curve  # the materialization carries the same curve
     quality = read_record(study_paths.artifact_dir(dataset), QUALITY_RECORD)
-    for metric in report.METRICS:  # the last snapshot is the final object, scored the same way
+    for metric in METRICS:  # the last snapshot is the final object, scored the same way
         assert curve[metric][-1] == pytest.approx(quality[metric], rel=1e-6), metric
 
     _reconstruct(study_paths, instance, dataset.partition_key, epochs=2, convergence_every=0)

@@ -9,10 +9,12 @@ import io
 
 from dagster import materialize_to_memory
 
-from fly64_assets.core import report
 from fly64_assets.core.artifacts import write_json
 from fly64_assets.core.bookkeeping import QUALITY_RECORD, RECONSTRUCTION_RECORD, read_record
 from fly64_assets.core.design import Dataset
+from fly64_assets.core.report import page, tables
+from fly64_assets.core.report.headline import headline
+from fly64_assets.core.report.regularization import REGULARIZATION_INTRO, REGULARIZATION_TITLE, regularization_markdown
 from fly64_assets.defs.inputs.assets import phase_c_patched, phase_d_overlap
 from fly64_assets.defs.reconstruction.assets import QUALITY, ptychi_reconstruction
 from fly64_assets.defs.report.assets import study_report
@@ -73,7 +75,7 @@ def method_of(rows: list[dict], dose: int, view: str, split: str) -> tuple[str |
 
 
 def test_the_table_shows_every_candidates_deviance_the_lowest_in_bold_and_the_chosen_weight():
-    text = report.regularization_markdown(auto_records())
+    text = regularization_markdown(auto_records())
     lines = text.splitlines()
     assert lines[0] == ("| dose | view | split | chosen w | w = 0 | w = 0.003 | w = 0.01 | w = 0.03 | w = 0.1 | w = 0.3 "
                         "| held out | coverage | cost |")
@@ -89,15 +91,15 @@ def test_the_table_shows_every_candidates_deviance_the_lowest_in_bold_and_the_ch
     for record in records:
         if record.get("regularization_choice"):
             record["regularization_choice"]["candidates"] = record["regularization_choice"]["candidates"][::2]
-    assert "| chosen w | w = 0 | w = 0.01 | w = 0.1 | held out |" in report.regularization_markdown(records)
+    assert "| chosen w | w = 0 | w = 0.01 | w = 0.1 | held out |" in regularization_markdown(records)
 
 
 def test_rows_carry_the_method_and_the_weight_run():
     records = auto_records()
     records[0].update(requested_regularization="tv_0_1", tv_weight=0.1, regularization_choice=None)  # 1e3 baseline train
     records[1].update(requested_regularization="off", tv_weight=0.0, regularization_choice=None)  # 1e3 baseline test
-    rows = report.quality_rows(records)
-    assert report.ROW_KEYS[-3:] == ("regularization", "tv_weight", "scan_area_lit")  # appended: old columns stay put
+    rows = tables.quality_rows(records)
+    assert tables.ROW_KEYS[-3:] == ("regularization", "tv_weight", "scan_area_lit")  # appended: old columns stay put
     assert method_of(rows, 1000, "baseline", "train") == ("fixed TV 0.1", 0.1)
     assert method_of(rows, 1000, "baseline", "test") == ("off", 0.0)
     assert method_of(rows, 10000, "baseline", "train") == ("auto → TV 0.1", 0.1)
@@ -105,24 +107,24 @@ def test_rows_carry_the_method_and_the_weight_run():
     assert method_of(rows, 1000, "sparse", "train") == (None, None)  # skipped: not reconstructed
     # a quality record written before the regularization was recorded still makes a row, without a method
     old = [{k: v for k, v in r.items() if k not in ("requested_regularization", "tv_weight", "regularization_choice")} for r in records]
-    assert method_of(report.quality_rows(old), 1000, "baseline", "train") == (None, None)
+    assert method_of(tables.quality_rows(old), 1000, "baseline", "train") == (None, None)
 
-    parsed = list(csv.DictReader(io.StringIO(report.rows_to_csv(rows))))
+    parsed = list(csv.DictReader(io.StringIO(tables.rows_to_csv(rows))))
     assert list(parsed[0])[-3:] == ["regularization", "tv_weight", "scan_area_lit"]
     assert (parsed[6]["dose"], parsed[6]["view"], parsed[6]["split"], parsed[6]["regularization"]) == ("10000", "baseline", "train", "auto → TV 0.1")
-    table = report.rows_to_markdown(rows)  # the per-job table's area-lit and method columns
+    table = tables.rows_to_markdown(rows)  # the per-job table's area-lit and method columns
     assert "| 98 | 100 % | auto → TV 0.3 | " in table and "| 98 | 88 % | auto → off (held-out coverage" in table
 
-    text = report.regularization_markdown(records)
+    text = regularization_markdown(records)
     assert "Not asked to choose: fixed TV 0.1 (1 job), off (1 job)." in text and "| 1e3 | baseline |" not in text
 
 
 def test_the_headline_names_the_weights_chosen_per_dose():
     clause = "; TV weight chosen without the truth: 0.3 at 1e3, 0.1/0.3 at 1e4, 0.01 at 1e5"  # 1e4: train/test differ
-    line = report.headline(report.quality_rows(auto_records()))
+    line = headline(tables.quality_rows(auto_records()))
     assert f"expected -1/4{clause}." in line
     assert line.count(". ") == 1  # still two sentences
-    assert line.replace(clause, "") == report.headline(report.quality_rows(hand_made_records()))  # otherwise unchanged
+    assert line.replace(clause, "") == headline(tables.quality_rows(hand_made_records()))  # otherwise unchanged
 
 
 def test_without_auto_the_section_says_which_method_ran():
@@ -130,28 +132,26 @@ def test_without_auto_the_section_says_which_method_ran():
     for record in records:
         if record["status"] == "succeeded":
             record.update(requested_regularization="off", tv_weight=0.0, regularization_choice=None)
-    assert report.regularization_markdown(records) == "All 12 reconstructions ran with regularization off; none asked for auto."
+    assert regularization_markdown(records) == "All 12 reconstructions ran with regularization off; none asked for auto."
     records[0].update(requested_regularization="tv_0_03", tv_weight=0.03)
-    assert report.regularization_markdown(records) == (
+    assert regularization_markdown(records) == (
         "No reconstruction asked for auto; they ran with: fixed TV 0.03 (1 job), off (11 jobs).")
-    assert report.regularization_markdown([]) == "No reconstruction has been scored."
+    assert regularization_markdown([]) == "No reconstruction has been scored."
 
 
 def test_the_pages_show_the_section_after_the_convergence_notes():
     records = auto_records()
-    rows = report.quality_rows(records)
-    section = report.regularization_markdown(records)
+    rows = tables.quality_rows(records)
+    section = regularization_markdown(records)
     convergence = ["At 1e3, phase MAE vs epoch: baseline stops improving after ~40 epochs."]
-    page = report.html_page("study", report.headline(rows), report.rows_to_markdown(rows), {}, [],
-                            convergence=convergence, regularization=section)
-    assert page.index("Convergence against the truth") < page.index(report.REGULARIZATION_TITLE) < page.index("Quality per job")
-    assert "<strong>0.2145</strong> ✓" in page and "held-out coverage 0.08 &lt; 0.5" in page and "docs/SCIENCE.md" in page
-    section_html = page[page.index(report.REGULARIZATION_TITLE):page.index("Quality per job")]
+    text = page.report_markdown(headline(rows), tables.rows_to_markdown(rows), {}, {}, convergence=convergence,
+                                regularization=section)
+    assert f"### {REGULARIZATION_TITLE}\n\n{REGULARIZATION_INTRO}\n\n{section}" in text
+    assert text.index("### Convergence") < text.index(f"### {REGULARIZATION_TITLE}") < text.index("### Quality per job")
+    html = page.html_page("study", text)
+    assert "<strong>0.2145</strong> ✓" in html and "held-out coverage 0.08 &lt; 0.5" in html and "docs/SCIENCE.md" in html
+    section_html = html[html.index('<section id="regularization-chosen-without-the-truth">'):html.index('<section id="quality-per-job">')]
     assert section_html.count("<tr>") == 1 + 6 and 'class="unscored"' not in section_html  # bold marks a value, not a row
-    text = report.report_markdown(report.headline(rows), report.rows_to_markdown(rows), {}, {}, convergence=convergence,
-                                  regularization=section)
-    assert f"### {report.REGULARIZATION_TITLE}\n\n{report.REGULARIZATION_INTRO}\n\n{section}" in text
-    assert text.index("### Convergence") < text.index(f"### {report.REGULARIZATION_TITLE}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ def test_a_choice_made_by_a_real_reconstruction_reaches_the_report(study_paths, 
     assert f"TV weight chosen without the truth: {choice['chosen_tv_weight']:g} at 1e3" in output["headline"]
     report_dir = study_paths.artifact_file("report")
     assert (report_dir / "regularization.md").read_text() == output["regularization"]
-    assert report.REGULARIZATION_TITLE in (report_dir / "study_report.html").read_text()
+    assert REGULARIZATION_TITLE in (report_dir / "study_report.html").read_text()
 
     # a reconstruction record written before the regularization was recorded is still scored, without it
     record = read_record(folder, RECONSTRUCTION_RECORD)

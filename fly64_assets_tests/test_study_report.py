@@ -13,6 +13,7 @@ from fly64_assets.core.bookkeeping import QUALITY_RECORD, RECONSTRUCTION_RECORD,
 from fly64_assets import launch
 from fly64_assets.core.options import ReconstructionOptions
 from fly64_assets.core.design import Dataset, select_datasets
+from fly64_assets_tests.figure_checks import assert_figure_drawn
 
 REPORT_EPOCHS = 50
 CONVERGENCE_EVERY = 10
@@ -87,6 +88,8 @@ def test_baseline_quality_improves_with_dose_and_the_report_shows_it(study_paths
     assert {p.name for p in report_dir.iterdir()} >= {
         "phase_grid.png", "metrics_vs_dose.png", "resolution_vs_dose.png", "convergence.png", "quality.md", "quality_summary.md"
     }
+    for figure in report_dir.glob("*.png"):
+        assert_figure_drawn(figure.read_bytes(), figure.name)
 
     # Every output, of every kind, readable by colleagues as the umask allows: 0644, none left private.
     outputs = [path for path in Path(study_paths.artifact_root).rglob("*") if path.is_file()]

@@ -315,3 +315,24 @@ def test_study_report_page_renders_its_images(ui_study, page):
     page.screenshot(path=ui_study.shots / "09_study_report_phase_grid.png")
     text = visible_text(page)
     assert text.count(SKIP_REASON) == 6, "the report's table lists each skipped job with its reason"
+
+    # The same report as a file (rendered from the same Markdown): at 1,400 px its tables fit the window, and each
+    # skipped job says its reason once across its row.
+    report_page = page.context.browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        report_page.goto((ui_study.root / "artifacts" / "report" / "study_report.html").as_uri(), wait_until="load")
+        report_page.wait_for_function(f"({DECODED_REPORT_IMAGES}) >= 3", timeout=60_000)
+        assert report_page.locator(".lead p").first.inner_text().startswith("Over the train and test splits")
+        rows = report_page.evaluate(
+            "Object.fromEntries([...document.querySelectorAll('section')].map(s => [s.id, s.querySelectorAll('tbody tr').length]))"
+        )
+        assert rows["quality-per-dose-and-view-two-replicates"] == 9 and rows["quality-per-job"] == 18, rows
+        assert rows["frc-resolution-against-dose-fitted-exponents"] == 4, rows
+        figures = set(report_page.evaluate("[...document.images].map(i => i.alt)"))
+        assert {"metrics_vs_dose.png", "resolution_vs_dose.png", "phase_grid.png"} <= figures, figures
+        skipped = report_page.locator("#quality-per-job tr.unscored td[colspan]").all_inner_texts()
+        assert len(skipped) == 6 and all(SKIP_REASON in reason for reason in skipped), skipped
+        assert report_page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+        report_page.screenshot(path=ui_study.shots / "10_study_report_file.png", full_page=True)
+    finally:
+        report_page.close()

@@ -20,6 +20,7 @@ from fly64_assets.defs.resources import StudyPaths
 
 REPORT_DIR = "report"
 REPORT_GROUP = "report"
+REPORT_TITLE = "fly64 dose/overlap study"
 REPORT_SPLIT = "train"
 """The split whose phase images the report's grid shows (every split is in the table; the other figures and
 the exponents use both splits as replicates)."""
@@ -71,7 +72,11 @@ def _convergence_curves(study_paths: StudyPaths) -> dict[tuple[int, str, str], d
     "the held-out scores behind every weight chosen without the truth.",
 )
 def study_report(study_paths: StudyPaths) -> Output[dict]:
-    from fly64_assets.core import report  # matplotlib: only where a step draws
+    # matplotlib, markdown-it and Jinja2: imported only where a step writes the report
+    from fly64_assets.core.report import figures, fits, tables
+    from fly64_assets.core.report.headline import headline as study_headline
+    from fly64_assets.core.report.page import html_page, report_markdown
+    from fly64_assets.core.report.regularization import regularization_markdown
 
     records = {}
     for dataset in ALL_DATASETS:
@@ -80,30 +85,30 @@ def study_report(study_paths: StudyPaths) -> Output[dict]:
             records[dataset] = {**dataset.as_record(), "status": SKIPPED, "reason": missing_reason(dataset, input_path)}
         elif (record := read_record(study_paths.artifact_dir(dataset), QUALITY_RECORD)) is not None:
             records[dataset] = record
-    rows = report.quality_rows(list(records.values()))
-    summary = report.replicate_summary(rows)
-    exponents = report.dose_exponent_replicates(rows)
-    headline = report.headline(rows)
+    rows = tables.quality_rows(list(records.values()))
+    summary = tables.replicate_summary(rows)
+    exponents = fits.dose_exponent_replicates(rows)
+    headline = study_headline(rows)
     truth, panels = _phase_panels(records, REPORT_SPLIT)
     curves = _convergence_curves(study_paths)
-    convergence_notes = report.convergence_notes(curves)
+    convergence_notes = fits.convergence_notes(curves)
     images = {
-        "metrics_vs_dose.png": report.metrics_vs_dose_png(rows),
-        "resolution_vs_dose.png": report.resolution_fit_png(rows, exponents),
+        "metrics_vs_dose.png": figures.metrics_vs_dose_png(rows),
+        "resolution_vs_dose.png": figures.resolution_fit_png(rows, exponents),
     }
     if curves:
-        images["convergence.png"] = report.convergence_png(curves)
+        images["convergence.png"] = figures.convergence_png(curves)
     if truth is not None:
-        images["phase_grid.png"] = report.phase_grid_png(truth, panels, REPORT_SPLIT)
-    table = report.rows_to_markdown(rows)
-    summary_table = report.summary_to_markdown(summary)
-    regularization = report.regularization_markdown(list(records.values()))
+        images["phase_grid.png"] = figures.phase_grid_png(truth, panels, REPORT_SPLIT)
+    table = tables.rows_to_markdown(rows)
+    summary_table = tables.summary_to_markdown(summary)
+    regularization = regularization_markdown(list(records.values()))
     out_dir = study_paths.artifact_file(REPORT_DIR)
     for name, png in images.items():
         write_bytes(out_dir / name, png)
-    write_text(out_dir / "quality.csv", report.rows_to_csv(rows))
+    write_text(out_dir / "quality.csv", tables.rows_to_csv(rows))
     write_text(out_dir / "quality.md", table)
-    write_text(out_dir / "quality_summary.csv", report.summary_to_csv(summary))
+    write_text(out_dir / "quality_summary.csv", tables.summary_to_csv(summary))
     write_text(out_dir / "quality_summary.md", summary_table)
     write_text(out_dir / "regularization.md", regularization)
     notes = [f"{sum(r['status'] == RECONSTRUCTED for r in rows)} of {len(ALL_DATASETS)} jobs reconstructed and scored"]
@@ -112,15 +117,16 @@ def study_report(study_paths: StudyPaths) -> Output[dict]:
         for dataset, record in records.items()
         if record.get("scoring_area", PHASE_C_SCAN_AREA) != PHASE_C_SCAN_AREA
     ]
+    text = report_markdown(headline, table, images, exponents, notes, summary_table=summary_table,
+                           convergence=convergence_notes, regularization=regularization)
     html_path = out_dir / "study_report.html"
-    sections = {"summary_table": summary_table, "convergence": convergence_notes, "regularization": regularization}
-    write_text(html_path, report.html_page("fly64 dose/overlap study", headline, table, images, notes, exponents=exponents, **sections))
+    write_text(html_path, html_page(REPORT_TITLE, text))
     return Output(
         {"headline": headline, "rows": rows, "summary": summary, "exponents": exponents,
          "convergence_notes": convergence_notes, "regularization": regularization, "html_path": str(html_path)},
         metadata={
             "headline": headline,
             "html_path": MetadataValue.path(str(html_path)),
-            "report": MetadataValue.md(report.report_markdown(headline, table, images, exponents, notes, **sections)),
+            "report": MetadataValue.md(text),
         },
     )
