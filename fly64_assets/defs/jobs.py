@@ -38,28 +38,30 @@ report_study = define_asset_job(
     selection=AssetSelection.assets(study_report),
     description="Write the study report from the scored partitions.",
 )
-check_phase_c_inputs = define_asset_job(
-    CHECK_PHASE_C_JOB,
-    selection=AssetSelection.checks(phase_c_patched_data001),
-    description="DATA-001 on Phase C files (the partition from the run's dagster/partition tags).",
-)
-check_phase_d_inputs = define_asset_job(
-    CHECK_PHASE_D_JOB,
-    selection=AssetSelection.checks(phase_d_overlap_data001),
-    description="DATA-001 on Phase D files (the partition from the run's dagster/partition tags).",
-)
-# One observation records every present file of the source (all its partitions); the run still needs one
-# partition's tags, like a check-only run (launch.observe_inputs).
-observe_phase_c_inputs = define_asset_job(
-    OBSERVE_PHASE_C_JOB,
-    selection=AssetSelection.assets(phase_c_patched.key),
-    description="Observe the Phase C files: each present file's content hash becomes its data version.",
-)
-observe_phase_d_inputs = define_asset_job(
-    OBSERVE_PHASE_D_JOB,
-    selection=AssetSelection.assets(phase_d_overlap.key),
-    description="Observe the Phase D files: each present file's content hash becomes its data version.",
-)
+
+
+def _check_inputs_job(name: str, check, phase: str):
+    return define_asset_job(
+        name,
+        selection=AssetSelection.checks(check),
+        description=f"DATA-001 on {phase} files (the partition from the run's dagster/partition tags).",
+    )
+
+
+def _observe_inputs_job(name: str, source, phase: str):
+    """One observation records every present file of the source (all its partitions); the run still needs one
+    partition's tags, like a check-only run (:func:`observation_tags`)."""
+    return define_asset_job(
+        name,
+        selection=AssetSelection.assets(source.key),
+        description=f"Observe the {phase} files: each present file's content hash becomes its data version.",
+    )
+
+
+check_phase_c_inputs = _check_inputs_job(CHECK_PHASE_C_JOB, phase_c_patched_data001, "Phase C")
+check_phase_d_inputs = _check_inputs_job(CHECK_PHASE_D_JOB, phase_d_overlap_data001, "Phase D")
+observe_phase_c_inputs = _observe_inputs_job(OBSERVE_PHASE_C_JOB, phase_c_patched, "Phase C")
+observe_phase_d_inputs = _observe_inputs_job(OBSERVE_PHASE_D_JOB, phase_d_overlap, "Phase D")
 OBSERVATION_JOBS = {OBSERVE_PHASE_C_JOB: PHASE_C_PARTITIONS, OBSERVE_PHASE_D_JOB: PHASE_D_PARTITIONS}
 
 

@@ -1,5 +1,7 @@
 """Study-wide bookkeeping over all 18 partitions: the reconstruction manifest and the skip summary."""
 
+from pathlib import Path
+
 from dagster import (
     AssetExecutionContext,
     AssetPartitionStatus,
@@ -37,6 +39,12 @@ def records_table(records: list[dict], columns: list[str]) -> MetadataValue:
     )
 
 
+def written(path: Path, value: dict, **metadata) -> Output[dict]:
+    """Write ``value`` as JSON at ``path``; the asset's output, showing the path and ``metadata`` in the UI."""
+    write_json(path, value)
+    return Output(value, metadata={"path": MetadataValue.path(str(path)), **metadata})
+
+
 def latest_failures(context: AssetExecutionContext, datasets: list[Dataset]) -> set[Dataset]:
     """Datasets whose latest reconstruction attempt failed (the instance knows; the records on disk do not)."""
     statuses = context.instance.get_status_by_partition(
@@ -63,24 +71,20 @@ def reconstruction_manifest(
     for dataset in latest_failures(context, plan.runnable):
         outcomes[dataset] = {"status": FAILED, "error": "the latest run of this partition failed: see its log_path"}
     manifest = build_manifest(plan, outcomes, study_paths.input_path, study_paths.artifact_root)
-    path = study_paths.artifact_file(MANIFEST_FILE)
-    write_json(path, manifest)
     results = manifest["execution_results"]
-    return Output(
+    return written(
+        study_paths.artifact_file(MANIFEST_FILE),
         manifest,
-        metadata={
-            "path": MetadataValue.path(str(path)),
-            "total_jobs": manifest["total_jobs"],
-            "filtered_jobs": manifest["filtered_jobs"],
-            "succeeded": sum(1 for r in results if r["status"] == "succeeded"),
-            "failed_or_not_run": sum(1 for r in results if r["status"] != "succeeded"),
-            "missing": len(manifest["missing_jobs"]),
-            "execution_results": records_table(
-                results,
-                ["dose", "view", "split", "status", "n_patterns", "wall_time_s", "device", "final_loss", "acceptance_rate", "n_accepted"],
-            ),
-            "missing_jobs": records_table(manifest["missing_jobs"], ["dose", "view", "split", "reason"]),
-        },
+        total_jobs=manifest["total_jobs"],
+        filtered_jobs=manifest["filtered_jobs"],
+        succeeded=sum(1 for r in results if r["status"] == "succeeded"),
+        failed_or_not_run=sum(1 for r in results if r["status"] != "succeeded"),
+        missing=len(manifest["missing_jobs"]),
+        execution_results=records_table(
+            results,
+            ["dose", "view", "split", "status", "n_patterns", "wall_time_s", "device", "final_loss", "acceptance_rate", "n_accepted"],
+        ),
+        missing_jobs=records_table(manifest["missing_jobs"], ["dose", "view", "split", "reason"]),
     )
 
 
@@ -90,14 +94,10 @@ def reconstruction_manifest(
     description="skip_summary.json: every job not reconstructed by design, with its reason.")
 def skip_summary(study_paths: StudyPaths, reconstruction_manifest: dict) -> Output[dict]:
     summary = build_skip_summary(reconstruction_manifest)
-    path = study_paths.artifact_file(SKIP_SUMMARY_FILE)
-    write_json(path, summary)
-    return Output(
+    return written(
+        study_paths.artifact_file(SKIP_SUMMARY_FILE),
         summary,
-        metadata={
-            "path": MetadataValue.path(str(path)),
-            "skipped_count": summary["skipped_count"],
-            "missing_phase_d_count": summary["missing_phase_d_count"],
-            "skipped_jobs": records_table(summary["skipped_jobs"], ["dose", "view", "split", "reason"]),
-        },
+        skipped_count=summary["skipped_count"],
+        missing_phase_d_count=summary["missing_phase_d_count"],
+        skipped_jobs=records_table(summary["skipped_jobs"], ["dose", "view", "split", "reason"]),
     )
