@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import re
 
 import numpy as np
 from matplotlib import image
@@ -40,3 +42,8 @@ def _longest_run(mask: np.ndarray) -> int:
     starts, ends = np.nonzero(edges == 1), np.nonzero(edges == -1)
     return int((ends[1] - starts[1]).max()) if starts[1].size else 0
 
+
+def png_in_markdown(text: str) -> bytes:
+    """The PNG of the one inline image (``![alt](data:image/png;base64,...)``) in Markdown metadata."""
+    (encoded,) = re.findall(r"\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", text)
+    return base64.b64decode(encoded)

@@ -22,7 +22,7 @@ from fly64_assets.core.report.headline import headline
 from fly64_assets.core.report.records import METRICS
 from fly64_assets.defs.inputs.assets import phase_c_patched, phase_d_overlap
 from fly64_assets.defs.reconstruction.assets import ptychi_reconstruction
-from fly64_assets_tests.figure_checks import assert_figure_drawn
+from fly64_assets_tests.figure_checks import assert_figure_drawn, png_in_markdown
 
 PHASE_MAE = {  # (dose, view) -> (train, test), radians
     (1000, "baseline"): (0.30, 0.34),
@@ -267,7 +267,7 @@ def test_the_convergence_curve_is_recorded_and_can_be_switched_off(study_paths, 
     assert curve["epochs"] == [4, 6]  # every 4 epochs and after the last
     assert curve["every"] == 4 and curve["error"] is None and curve["scoring_area"] == "phase_c_scan"
     assert set(METRICS) <= set(curve) and all(len(curve[m]) == 2 for m in METRICS)
-    assert metadata["convergence"] == curve  # the materialization carries the same curve
+    assert_figure_drawn(png_in_markdown(metadata["loss and convergence"]), "loss and convergence")  # the curve, drawn
     quality = read_record(study_paths.artifact_dir(dataset), QUALITY_RECORD)
     for metric in METRICS:  # the last snapshot is the final object, scored the same way
         assert curve[metric][-1] == pytest.approx(quality[metric], rel=1e-6), metric

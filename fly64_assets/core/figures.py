@@ -39,3 +39,22 @@ def reconstruction_preview(obj: np.ndarray, probe: np.ndarray, title: str) -> by
         figure.colorbar(shown, ax=axis, fraction=0.046)
     figure.suptitle(title)
     return png_bytes(figure)
+
+
+def curves_preview(loss_per_epoch, convergence: dict | None) -> bytes:
+    """The loss per epoch (log scale) and, when a convergence curve was recorded (``{"epochs": [...],
+    "phase_mae": [...], ...}``), the phase error against the truth at its snapshots, side by side."""
+    epochs = (convergence or {}).get("epochs") or []
+    with_truth = bool(epochs) and len((convergence or {}).get("phase_mae") or []) == len(epochs)
+    figure, axes = plt.subplots(1, 2 if with_truth else 1, figsize=(8.0 if with_truth else 4.2, 2.6), squeeze=False)
+    loss = np.asarray(loss_per_epoch, dtype=float)
+    axes[0, 0].plot(np.arange(1, loss.size + 1), loss, color="#1f77b4")
+    axes[0, 0].set_yscale("log")
+    axes[0, 0].set(title="loss (pty-chi)", xlabel="epoch")
+    if with_truth:
+        axes[0, 1].plot(epochs, convergence["phase_mae"], color="#d62728", marker="o", markersize=4)
+        axes[0, 1].set(title="phase error against the truth", xlabel="epoch", ylabel="phase MAE (rad)")
+    for axis in axes.ravel():
+        axis.grid(True, alpha=0.3)
+    figure.tight_layout()
+    return png_bytes(figure)

@@ -254,15 +254,16 @@ def _reconstruct_partition(
         **facts,
     }
     write_json(out_dir / RECONSTRUCTION_RECORD, record)
-    from fly64_assets.core.figures import markdown_image
+    from fly64_assets.core.figures import curves_preview, markdown_image
 
-    yield AssetMaterialization(
+    curves = curves_preview(result.loss_per_epoch, record["convergence"])
+    yield AssetMaterialization(  # numbers as the report shows them; the full values are in the record
         RECONSTRUCTION,
         partition=key,
         metadata={
             "status": RECONSTRUCTED,
-            "final_loss": record["final_loss"],
-            "wall_time_s": result.wall_time_s,
+            "final_loss": _significant(record["final_loss"]),
+            "wall time (s)": round(result.wall_time_s, 1),
             "device": result.device,
             "n_patterns": result.n_patterns,
             "epochs": options.epochs,
@@ -271,15 +272,14 @@ def _reconstruct_partition(
             **(
                 {
                     "regularization_choice": MetadataValue.json(choice.as_dict()),
-                    "regularization_cost_factor": choice.cost_factor,
-                    "regularization_choice_wall_time_s": choice.choice_wall_time_s,
+                    "regularization_cost_factor": round(choice.cost_factor, 2),
+                    "regularization choice wall time (s)": round(choice.choice_wall_time_s, 1),
                 }
                 if choice
                 else {}
             ),
             "batch_size": result.batch_sizes_tried[-1],
-            "loss_per_epoch": MetadataValue.json([round(v, 8) for v in result.loss_per_epoch.tolist()]),
-            **({"convergence": MetadataValue.json(convergence.curve)} if convergence else {}),
+            "loss and convergence": MetadataValue.md(markdown_image(curves, f"{key} loss and convergence")),
             "preview": MetadataValue.md(markdown_image(preview, key)),
             "reconstruction_path": MetadataValue.path(str(npz_path)),
             "ptychodus_npz_path": MetadataValue.path(record["ptychodus_npz_path"]),
@@ -417,8 +417,13 @@ def _score_partition(dataset: Dataset, study_paths: StudyPaths, load: LoadValid)
         "regularization_choice": reconstruction.get("regularization"),
     }
     write_json(out_dir / QUALITY_RECORD, record)
-    metadata = {name: value for name, value in metrics.as_dict().items() if name != "shift_yx"}
-    yield AssetMaterialization(QUALITY, partition=key, metadata={**metadata, "scoring_area": area, "scan_area_lit": lit})
+    metadata = {name: _significant(value) for name, value in metrics.as_dict().items() if name != "shift_yx"}
+    yield AssetMaterialization(QUALITY, partition=key, metadata={**metadata, "scoring_area": area, "scan_area_lit": round(lit, 3)})
+
+
+def _significant(value: float) -> float:
+    """``value`` to 4 significant digits, as a number the UI shows briefly (the records keep every digit)."""
+    return float(f"{value:.4g}")
 
 
 def _outcome(key: str, failures: dict[str, str], input_exists: bool, selected) -> str:
