@@ -105,7 +105,7 @@ def html_page(title: str, markdown: str) -> str:
         name = tokens[start + 1].content
         body = tokens[start + 3 : end]  # after heading_open, its inline text and heading_close
         if name in JOB_TABLES:
-            body = _fold_unscored_rows(body)
+            body = _job_table(body)
         anchor = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
         sections.append(Section(name, anchor, _render(body)))
     lead = _render(tokens[: starts[0]] if starts else tokens)
@@ -117,14 +117,17 @@ def _render(tokens: list[Token]) -> Markup:
     return Markup(_MARKDOWN.renderer.render(tokens, _MARKDOWN.options, {}))
 
 
-def _fold_unscored_rows(tokens: list[Token]) -> list[Token]:
-    """In a table of jobs, a body row with a cell in bold (its status: skipped, failed, missing, none scored) gets
-    the class ``unscored``, and the empty cells just before its last cell (the reason, or the note) fold into that
-    cell as a ``colspan``: the reason reads once across the columns that have no value."""
+def _job_table(tokens: list[Token]) -> list[Token]:
+    """A table of jobs gets the class ``jobs`` (its numbers stay on one line), and a body row with a cell in bold
+    (its status: skipped, failed, missing, none scored) the class ``unscored``; the empty cells just before such a
+    row's last cell (the reason, or the note) fold into that cell as a ``colspan``: the reason reads once across
+    the columns that have no value."""
     out: list[Token] = []
     row: list[Token] | None = None
     in_body = False
     for token in tokens:
+        if token.type == "table_open":
+            token.attrSet("class", "jobs")
         in_body = token.type == "tbody_open" or (in_body and token.type != "tbody_close")
         if in_body and token.type == "tr_open":
             row = []
