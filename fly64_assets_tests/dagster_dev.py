@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ import urllib.request
 from pathlib import Path
 
 from dagster import DagsterInstance
+
+from fly64_assets_tests.support import free_port
 
 TERMINAL_BACKFILL_STATUSES = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 UI_BACKFILL_ASSETS = ["ptychi_reconstruction", "reconstruction_manifest", "reconstruction_quality", "skip_summary", "study_report"]
@@ -56,12 +57,6 @@ query Backfill($id: String!) {
     ... on PythonError { message }
   }
 }"""
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def stop_process_group(process: subprocess.Popen, grace_s: float = 20.0) -> None:
     """SIGTERM to the process group that ``process`` leads, then SIGKILL if it is still there."""

@@ -11,21 +11,21 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, build_sensor_context, evaluate_automation_conditions
 
 from fly64_assets import launch
 from fly64_assets.core.bookkeeping import RECONSTRUCTION_RECORD, read_record
 from fly64_assets.core.design import ALL_DATASETS, Dataset
 from fly64_assets.core.options import ReconstructionOptions
-from fly64_assets.core.synthetic import simulate_study
 from fly64_assets.definitions import build_definitions
 from fly64_assets.defs.inputs.assets import ABSENT, file_sha256
 from fly64_assets.defs.inputs.sensors import input_files_sensor
 from fly64_assets.defs.jobs import OBSERVE_PHASE_C_JOB, OBSERVE_PHASE_D_JOB
 from fly64_assets.defs.resources import StudyPaths
 from fly64_assets_tests.dagster_dev import SeparateServices, study_environment
+from fly64_assets_tests.support import REPO_ROOT, copy_study
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 RECONSTRUCTION, QUALITY = AssetKey("ptychi_reconstruction"), AssetKey("reconstruction_quality")
 SUMMARIES = {AssetKey(name) for name in ("reconstruction_manifest", "skip_summary", "study_report")}
 ONE_EPOCH = ReconstructionOptions(epochs=1, device="cpu")
@@ -69,8 +69,8 @@ class Automation:
         return requested
 
 
-def test_sensor_observes_a_source_only_when_one_of_its_files_changes(tmp_path):
-    simulate_study(tmp_path / "inputs", scale="demo")
+def test_sensor_observes_a_source_only_when_one_of_its_files_changes(synthetic_study, tmp_path):
+    copy_study(synthetic_study, tmp_path / "inputs")
     paths = study_paths(tmp_path)
 
     def tick(cursor):
@@ -89,10 +89,10 @@ def test_sensor_observes_a_source_only_when_one_of_its_files_changes(tmp_path):
     assert tick(cursor)[0] == [OBSERVE_PHASE_C_JOB]  # a vanished file is a change too
 
 
-def test_eager_automation_reruns_exactly_what_a_changed_or_new_input_affects(tmp_path):
-    summary = simulate_study(tmp_path / "inputs", scale="demo")
-    assert len(summary["skipped"]) == 6  # the demo's sparse views are not written
+def test_eager_automation_reruns_exactly_what_a_changed_or_new_input_affects(synthetic_study, tmp_path):
+    copy_study(synthetic_study, tmp_path / "inputs")
     paths = study_paths(tmp_path)
+    assert not list(Path(paths.phase_d_root).rglob("sparse_*.npz"))  # the demo's sparse views are not written
     instance = DagsterInstance.ephemeral()
     automation = Automation(paths, instance)
     assert automation.tick() == {}  # inputs never observed: nothing to react to
@@ -128,10 +128,11 @@ def test_eager_automation_reruns_exactly_what_a_changed_or_new_input_affects(tmp
     assert automation.tick() == {RECONSTRUCTION: ["10000|sparse_test"], QUALITY: ["10000|sparse_test"]}
 
 
-def test_the_daemon_reconstructs_a_changed_input_by_itself(tmp_path):
+@pytest.mark.timeout(600)
+def test_the_daemon_reconstructs_a_changed_input_by_itself(synthetic_study, tmp_path):
     """The shipped dagster.yaml, a real daemon, the automation on: a study already done, then one Phase C file
     rewritten. The sensor observes it, the automation reconstructs that partition and rewrites the report."""
-    simulate_study(tmp_path / "inputs", scale="demo")
+    copy_study(synthetic_study, tmp_path / "inputs")
     paths = study_paths(tmp_path)
     (tmp_path / "dagster_home").mkdir()
     shutil.copyfile(REPO_ROOT / "dagster.yaml", tmp_path / "dagster_home" / "dagster.yaml")

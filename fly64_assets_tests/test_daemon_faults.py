@@ -1,8 +1,10 @@
 """Faults in the daemon path, with real parts: `dagster dev` (webserver, daemon, code server), runs launched and
 terminated through the GraphQL requests the UI's buttons send, real processes killed.
 
-One server for the module, the shipped dagster.yaml (run monitoring's max_runtime_seconds shortened to 45 s so
-that the last test can show it working). The tests run in file order; the last one kills the whole server.
+A server of the module's own (one test kills it whole and starts it again), the shipped dagster.yaml with run
+monitoring's max_runtime_seconds shortened to 45 s so that that test can show it working. Its inputs are a copy
+of the session's demo tree with two broken files planted from the start (for the bad-input test; the other tests
+use other partitions), so the tests hold in any order.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from dagster import DagsterInstance
 
 from fly64_assets.core.artifacts import PARTIAL_SUFFIX
 from fly64_assets.core.design import Dataset
-from fly64_assets.core.synthetic import simulate_study
 from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS
 from fly64_assets_tests.dagster_dev import (
     CHECK_EXECUTIONS,
@@ -36,9 +37,12 @@ from fly64_assets_tests.dagster_dev import (
     wait_for_backfill,
     wait_for_run,
 )
+from fly64_assets_tests.support import REPO_ROOT, copy_study
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.timeout(600)
 TEST_MAX_RUNTIME_S = 45
+SERVER_EPOCHS = 5
+"""``FLY64_EPOCHS`` of the module's server: what a backfill (which takes no run config) reconstructs with."""
 LONG = {"ops": {"ptychi_reconstruction": {"config": {"epochs": 3000, "regularization": "off"}}}}
 """A reconstruction that would run for minutes: every test here interrupts it. Regularization off: with auto the
 final reconstruction's epochs (which the tests wait for in the log) would start only after the choice's 2400."""
@@ -58,16 +62,33 @@ class Study:
         self.server.start()
 
 
+BAD_INPUTS = {
+    "10000|dense_train": ("phase_d/dose_10000/dense/dense_train.npz", "diffraction", "float32"),
+    "100000|baseline_test": ("phase_c/dose_100000/patched_test.npz", "<file>", "truncated"),
+}
+"""Partition -> (its input file, relative to the inputs, the key and the rule word its error names)."""
+
+
+def _plant_bad_inputs(inputs: Path) -> None:
+    """float64 diffraction in one Phase D file, a truncated Phase C file: the faults users meet."""
+    float64_file = inputs / BAD_INPUTS["10000|dense_train"][0]
+    arrays = dict(np.load(float64_file, allow_pickle=False))
+    np.savez(float64_file, **{**arrays, "diffraction": arrays["diffraction"].astype(np.float64)})
+    truncated = inputs / BAD_INPUTS["100000|baseline_test"][0]
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+
+
 @pytest.fixture(scope="module")
-def study(tmp_path_factory) -> Study:
+def study(synthetic_study, tmp_path_factory) -> Study:
     root = tmp_path_factory.mktemp("daemon_faults")
-    simulate_study(root / "inputs", scale="demo")
+    _plant_bad_inputs(copy_study(synthetic_study, root / "inputs"))
     home = root / "dagster_home"
     home.mkdir()
     config = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
     config["run_monitoring"].update(max_runtime_seconds=TEST_MAX_RUNTIME_S, poll_interval_seconds=5)
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    env = study_environment(root, "5")
+    # Regularization off: faults, not the choice, are under test, and every run stays well under the max runtime.
+    env = {**study_environment(root, str(SERVER_EPOCHS)), "FLY64_REGULARIZATION": "off"}
     current = Study(root, env, DagsterDev(REPO_ROOT, env, log_path=root / "dagster_dev.log"))
     try:
         current.server.start()
@@ -119,7 +140,8 @@ def test_terminate_from_the_ui_cancels_promptly_leaves_no_partial_output_and_fre
 def test_a_killed_run_process_is_marked_failed_by_dagster_and_reexecution_from_failure_completes(study):
     key = "1000|baseline_train"
     folder = study.artifact_dir(key)
-    run_id = launch_run(study.server, "reconstruct_study", _tags(key), {"ops": {"ptychi_reconstruction": {"config": {"epochs": 300, "regularization": "off"}}}})
+    epochs = 60  # long enough to be killed at epoch 3, short to re-execute
+    run_id = launch_run(study.server, "reconstruct_study", _tags(key), {"ops": {"ptychi_reconstruction": {"config": {"epochs": epochs, "regularization": "off"}}}})
     partial = _wait_for_epoch(folder, 3)
     run_process = int(partial.name.split("~")[2])  # the writer's pid is in the name: the run's own process
     os.kill(run_process, signal.SIGKILL)
@@ -132,7 +154,7 @@ def test_a_killed_run_process_is_marked_failed_by_dagster_and_reexecution_from_f
     assert relaunched["__typename"] == "LaunchRunSuccess", relaunched
     assert wait_for_run(study.server, relaunched["run"]["runId"], timeout_s=300)[0] == "SUCCESS"
     saved = np.load(folder / "ptychi_reconstruction.npz", allow_pickle=False)
-    assert saved["loss_per_epoch"].shape == (300,)
+    assert saved["loss_per_epoch"].shape == (epochs,)
     assert not list(folder.glob(f".*{PARTIAL_SUFFIX}"))  # the killed writer's leftover was removed
 
 
@@ -149,18 +171,13 @@ def test_two_backfills_of_the_same_partitions_at_once_both_finish_and_every_file
     for key in keys:
         folder = study.artifact_dir(key)
         with np.load(folder / "ptychi_reconstruction.npz", allow_pickle=False) as saved:
-            assert saved["loss_per_epoch"].shape == (5,) and np.isfinite(saved["reconstructed_object"]).all()
+            assert saved["loss_per_epoch"].shape == (SERVER_EPOCHS,) and np.isfinite(saved["reconstructed_object"]).all()
         assert json.loads((folder / "quality.json").read_text())["status"] == "succeeded"
         assert not list(folder.glob(f".*{PARTIAL_SUFFIX}"))
 
 
 def test_bad_inputs_through_the_ui_backfill_fail_only_their_partitions_with_file_key_and_rule(study):
-    float64_file = study.root / "inputs" / "phase_d" / "dose_10000" / "dense" / "dense_train.npz"
-    arrays = dict(np.load(float64_file, allow_pickle=False))
-    np.savez(float64_file, **{**arrays, "diffraction": arrays["diffraction"].astype(np.float64)})
-    truncated = study.root / "inputs" / "phase_c" / "dose_100000" / "patched_test.npz"
-    truncated.write_bytes(truncated.read_bytes()[:2000])
-    bad = {"10000|dense_train": (str(float64_file), "diffraction", "float32"), "100000|baseline_test": (str(truncated), "<file>", "truncated")}
+    bad = {key: (str(study.root / "inputs" / path), array_key, rule) for key, (path, array_key, rule) in BAD_INPUTS.items()}
 
     backfill = wait_for_backfill(
         study.server, launch_ui_backfill(study.server, STUDY_PARTITIONS.get_partition_keys(), RECONSTRUCTION_ASSETS), 600

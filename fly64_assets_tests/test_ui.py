@@ -1,14 +1,13 @@
 """The study end to end through the real UI: `dagster dev`, a backfill of all 18 partitions, a real browser.
 
-A tiny study (the demo synthetic tree, 5 LSQML epochs) is served by ``dagster dev`` on 127.0.0.1 with its own
-``DAGSTER_HOME``. The test launches the backfill exactly as the UI's "Materialize all" dialog does (GraphQL
-``launchPartitionBackfill`` with the five assets and all 18 partition keys), waits for the daemon to finish it,
-checks the outcome through GraphQL, then opens the asset graph, the reconstruction's partitions and checks, and
-the study report in headless Chromium (Debian's, driven by Playwright: no browser download) and asserts what a
-person would see there. Screenshots go to
-``$FLY64_TEST_ARTIFACTS`` (default ``test-artifacts/ui`` in the project, git-ignored), with the server's log.
+The session's ``dagster dev`` stack (conftest.py: the demo synthetic tree, 5 LSQML epochs, its own
+``DAGSTER_HOME``) and its backfill, launched exactly as the UI's "Materialize all" dialog does (GraphQL
+``launchPartitionBackfill`` with the five assets and all 18 partition keys). The tests check the outcome through
+GraphQL, then open the asset graph, the reconstruction's partitions and checks, and the study report in headless
+Chromium (Debian's, driven by Playwright: no browser download) and assert what a person would see there.
+Screenshots go to ``$FLY64_TEST_ARTIFACTS/ui`` (else the session's temporary folder), with the server's log.
 
-Without Chromium the test is skipped, unless ``CI`` is set: then it fails (``.ci/run`` installs Chromium).
+Without Chromium the tests skip (a failure under CI: ``.ci/run`` installs Chromium).
 """
 
 from __future__ import annotations
@@ -25,30 +24,16 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from fly64_assets.core.bookkeeping import RECONSTRUCTED, SKIPPED
 from fly64_assets.core.design import ALL_DATASETS, DOSES
-from fly64_assets.core.synthetic import simulate_study
-from fly64_assets.defs.reconstruction.partitions import (
-    RANGE_END_TAG,
-    RANGE_START_TAG,
-    STUDY_PARTITIONS,
-)
-from fly64_assets_tests.dagster_dev import (
-    CHECK_EXECUTIONS,
-    UI_BACKFILL_ASSETS,
-    DagsterDev,
-    run_ui_backfill,
-    study_environment,
-)
+from fly64_assets.defs.reconstruction.partitions import RANGE_END_TAG, RANGE_START_TAG
+from fly64_assets_tests.dagster_dev import CHECK_EXECUTIONS, UI_BACKFILL_ASSETS, DagsterDev
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS_ENV = "FLY64_TEST_ARTIFACTS"
+pytestmark = pytest.mark.timeout(1200)  # the first test here may wait for the session's server and backfill
 
 RECONSTRUCTION = "ptychi_reconstruction"
 INPUT_CHECK = "input_data001"
 PARTITIONED_ASSETS = {"ptychi_reconstruction", "reconstruction_quality"}
 SKIP_REASON = "sparse view not written by Phase D"
 SPARSE_KEYS = sorted(dataset.partition_key for dataset in ALL_DATASETS if dataset.view == "sparse")
-EPOCHS = "5"
-BACKFILL_TIMEOUT_S = 900.0
 VIEWPORT = {"width": 1920, "height": 1080}
 CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome")
 PAGE_TIMEOUT_MS = 90_000
@@ -75,12 +60,6 @@ DECODED_REPORT_IMAGES = (
 )
 
 
-def artifacts_dir() -> Path:
-    folder = Path(os.environ.get(ARTIFACTS_ENV) or REPO_ROOT / "test-artifacts" / "ui")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 def find_chromium() -> str | None:
     """The Chromium executable (env FLY64_CHROMIUM, else the first of the usual names on PATH)."""
     configured = os.environ.get("FLY64_CHROMIUM")
@@ -96,17 +75,8 @@ def find_chromium() -> str | None:
 def chromium_or_skip() -> str:
     executable = find_chromium()
     if executable is None:
-        message = "Chromium is not installed (Debian: apt-get install chromium); the UI test needs a real browser"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but {message}: .ci/run installs it")
-        pytest.skip(message)
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium); the UI test needs a real browser")
     return executable
-
-
-def write_instance_config(dagster_home: Path) -> None:
-    """The project's dagster.yaml, as shipped: the backfill is measured and checked with the users' settings."""
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
 
 
 def asset_key(name: str) -> dict:
@@ -128,32 +98,21 @@ class UIStudy:
 
 
 @pytest.fixture(scope="module")
-def ui_study(tmp_path_factory) -> UIStudy:
-    chromium_or_skip()  # before minutes of work that a missing browser would waste
-    root = tmp_path_factory.mktemp("ui_study")
-    simulate_study(root / "inputs", scale="demo")
-    write_instance_config(root / "dagster_home")
-    shots = artifacts_dir()
-    server = DagsterDev(REPO_ROOT, study_environment(root, EPOCHS), log_path=root / "dagster_dev.log")
-    try:
-        server.start()
-        # What clicking "Skip" on the first visit's "Join the Dagster community" dialog records.
-        server.graphql("mutation { setNuxSeen }")
-        backfill_id, backfill, seconds = run_ui_backfill(server, STUDY_PARTITIONS.get_partition_keys(), BACKFILL_TIMEOUT_S)
-        yield UIStudy(server, root, backfill_id, backfill, seconds, shots)
-    finally:
-        server.stop()
-        if server.log_path.exists():
-            shutil.copyfile(server.log_path, shots / "dagster_dev.log")
+def ui_study(study_server, study_backfill) -> UIStudy:
+    return UIStudy(
+        study_server.server, study_server.root, study_backfill.backfill_id, study_backfill.backfill,
+        study_backfill.seconds, study_server.kept,
+    )
 
 
 @pytest.fixture(scope="module")
 def page(ui_study):
     """One page of Debian's headless Chromium, driven by Playwright (which stops the browser and its driver)."""
+    executable = chromium_or_skip()
     with sync_playwright() as playwright:
         # --no-sandbox: CI runs as root.
         browser = playwright.chromium.launch(
-            executable_path=chromium_or_skip(), args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"], headless=True
+            executable_path=executable, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"], headless=True
         )
         try:
             page = browser.new_page(viewport=VIEWPORT)

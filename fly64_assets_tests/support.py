@@ -1,0 +1,57 @@
+"""Small helpers shared by the test modules (one copy each): where the project is, whether this is CI, where a
+test keeps what a person may want to look at afterwards, a free port, and a run's materialization metadata."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+from dagster import AssetKey
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS_ENV = "FLY64_TEST_ARTIFACTS"
+"""A folder for screenshots and server logs that outlive the test session (CI uploads it); unset: the session's
+temporary folder."""
+CI_TRUE = {"1", "true", "yes", "on"}
+FAST_EPOCHS = 30
+"""Enough LSQML epochs for the demo scale to converge well past the initial guess, on a 2-core CPU."""
+
+
+def running_in_ci() -> bool:
+    """``CI`` set to true/1/yes/on (any case): what CI services set. ``CI=false`` or an empty value is not CI."""
+    return os.environ.get("CI", "").strip().lower() in CI_TRUE
+
+
+def kept_artifacts_dir(name: str, tmp_path_factory) -> Path:
+    """``$FLY64_TEST_ARTIFACTS/<name>`` when set, else a folder under the session's temporary folder: never inside
+    the repository."""
+    configured = os.environ.get(ARTIFACTS_ENV)
+    if not configured:
+        return tmp_path_factory.mktemp(name)
+    folder = Path(configured) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def copy_study(tree: Path, destination: Path) -> Path:
+    """A private copy of a simulated input tree (tests change copies, never the session's shared tree)."""
+    shutil.copytree(tree, destination)
+    return destination
+
+
+def materialization_metadata(result, asset_key: AssetKey) -> dict[str | None, dict]:
+    """Partition key -> metadata (plain values) of a run result's materializations of ``asset_key``."""
+    found = {}
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization
+        if materialization.asset_key == asset_key:
+            found[materialization.partition] = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
+    return found
