@@ -21,7 +21,17 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 study: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/fly64 study
 
-test: install
+# ptychodus 1.7.0 alone (--no-deps), in a folder of its own beside the venv's packages, not among them (its own
+# dependencies would pull in some 75 packages): the interop tests read our products with its readers
+# (fly64_assets_tests/test_ptychodus_product.py).
+PTYCHODUS_SITE := $(VENV)/ptychodus-1.7.0
+
+$(PTYCHODUS_SITE)/.installed: $(VENV)/.installed
+	rm -rf $(PTYCHODUS_SITE)
+	$(BIN)/pip install -q --no-deps --target $(PTYCHODUS_SITE) ptychodus==1.7.0
+	touch $@
+
+test: install $(PTYCHODUS_SITE)/.installed
 	$(BIN)/python -m pytest
 
 ui: install $(DAGSTER_HOME)/dagster.yaml

@@ -2,16 +2,15 @@
 
 ptychodus is not a dependency of the project: its readers need only numpy, h5py, scipy, scikit-image and pydantic
 (ours), but installing it pulls some 75 packages (mlflow, pydantic-ai with the OpenAI/Anthropic/Google SDKs, ...)
-and downgrades importlib_metadata. So the test installs the ptychodus 1.7.0 wheel alone (``--no-deps``) into
-pytest's cache folder, once, and runs its readers in a subprocess of this interpreter with that folder on the path.
+and downgrades importlib_metadata. So ``make test`` installs the ptychodus 1.7.0 wheel alone (``--no-deps``) into a
+folder beside the venv's packages (``.venv/ptychodus-1.7.0``), and the test runs its readers in a subprocess of
+this interpreter with that folder on the path.
 """
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,8 @@ from fly64_assets.core.synthetic import simulate_split
 from fly64_assets.defs.reconstruction.assets import ptychi_reconstruction
 
 PTYCHODUS = "ptychodus==1.7.0"
+PTYCHODUS_SITE = "ptychodus-1.7.0"
+"""The folder under the venv (``sys.prefix``) where the Makefile installs it."""
 NAME = "100000|baseline_train"
 DOSE = 100000
 EPOCHS = 2
@@ -74,24 +75,12 @@ print(json.dumps(report))
 
 
 @pytest.fixture(scope="session")
-def ptychodus_site(request) -> Path:
-    """A folder holding the ptychodus 1.7.0 package alone, installed once into pytest's cache."""
-    cache = Path(request.config.cache.mkdir("ptychodus-1.7.0"))
-    site = cache / "site"
+def ptychodus_site() -> Path:
+    """The folder holding the ptychodus 1.7.0 package alone (no dependencies of its own: it reads our products
+    with the venv's numpy and h5py), a test dependency that ``make test`` installs beside the venv."""
+    site = Path(sys.prefix) / PTYCHODUS_SITE
     if not (site / "ptychodus").is_dir():
-        staging = Path(tempfile.mkdtemp(dir=cache))
-        installed = subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-             "--target", str(staging), PTYCHODUS],
-            capture_output=True, text=True, timeout=600,
-        )
-        if installed.returncode != 0:
-            shutil.rmtree(staging, ignore_errors=True)
-            pytest.skip(f"could not install {PTYCHODUS} to read the products: {installed.stderr[-1000:]}")
-        try:
-            staging.rename(site)
-        except OSError:  # another session installed it first
-            shutil.rmtree(staging, ignore_errors=True)
+        pytest.skip(f"{PTYCHODUS} is not installed in {site}: `make test` installs it (the Makefile's ptychodus target)")
     return site
 
 

@@ -223,7 +223,6 @@ def test_counts_are_poisson_draws_around_the_noise_free_model(demo_train_high_do
 
 def test_noise_free_model_equals_ptychi_forward_model():
     """The conventions match pty-chi: unnormalised FFT, DC-centred files, centre = window start + 31.5."""
-    pytest.importorskip("ptychi")
     import torch
     from ptychi import api
     from ptychi.api.task import PtychographyTask
