@@ -12,7 +12,7 @@ from dagster import AssetKey
 
 from fly64_assets.cli import main
 from fly64_assets.core.design import Dataset
-from fly64_assets_tests.conftest import FAST_EPOCHS
+from fly64_assets_tests.support import FAST_EPOCHS
 
 
 def _roots(paths) -> list[str]:
@@ -122,6 +122,7 @@ def _dagster_env(study_paths, home) -> dict:
         "FLY64_PHASE_D_ROOT": study_paths.phase_d_root,
         "FLY64_ARTIFACT_ROOT": study_paths.artifact_root,
         "FLY64_EPOCHS": "5",
+        "FLY64_REGULARIZATION": "off",  # the command line's paths are under test here, not the choice (tested elsewhere)
         "DAGSTER_HOME": str(home),
     }
 
@@ -131,6 +132,7 @@ def _dagster(*args, env) -> subprocess.CompletedProcess:
     return subprocess.run([str(dagster), *args], env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
 
 
+@pytest.mark.timeout(900)
 def test_dagster_asset_materialize_reconstructs_the_whole_study_in_one_run(study_paths, tmp_path):
     """The README's two Dagster CLI lines: all 18 partitions in one run (a partition range), then the summaries."""
     env = _dagster_env(study_paths, tmp_path / "dagster_home")

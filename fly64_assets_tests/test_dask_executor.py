@@ -3,7 +3,6 @@ small study on a scheduler with two worker processes (one declaring GPU=1) compa
 
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from fly64_assets.defs.jobs import RECONSTRUCT_JOB, SUMMARIZE_JOB
 from fly64_assets.defs.resources import StudyPaths
 from fly64_assets.lib.cluster_preflight import DaskSetupError, SHARED_ARTIFACT_ROOT_ENV, SHARED_INPUT_ROOTS_ENV, dask_setup_problems
 from fly64_assets.lib.executor import DASK_CLUSTER_FILE_ENV, DASK_SCHEDULER_ENV, EXECUTOR_ENV, GPU_STEP_TAGS, study_executor
+from fly64_assets_tests.support import free_port
 
 EPOCHS = 20
 REMOTE = {"existing": {"address": "tcp://10.20.30.40:8786"}}
@@ -164,12 +164,6 @@ def test_a_dask_run_with_a_local_instance_on_a_remote_scheduler_is_refused_befor
 # --- a real scheduler and two worker processes -----------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextmanager
 def _dask_cluster(log_dir: Path):
     """``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1, started as docs/CLUSTER.md starts
@@ -178,7 +172,7 @@ def _dask_cluster(log_dir: Path):
     name: worker address})."""
     from distributed import Client
 
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     processes, clients = [], []
 
     def start(name: str, arguments: list[str], **env) -> None:

@@ -20,9 +20,12 @@ def test_steps_spread_over_gpus_before_doubling_up_and_never_wait(tmp_path):
             release.wait(30)
 
     workers = [threading.Thread(target=step) for _ in range(5)]
-    for worker in workers:
+    for started, worker in enumerate(workers, 1):
         worker.start()
-        time.sleep(0.1)
+        deadline = time.monotonic() + 30
+        while len(held) < started:  # the next step starts once this one holds its place
+            assert time.monotonic() < deadline, "a step waited for a place"
+            time.sleep(0.01)
     assert held == [0, 1, 0, 1, 0]  # one per GPU first, then a second each, then a third: nobody waits
     release.set()
     for worker in workers:

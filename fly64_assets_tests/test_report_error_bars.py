@@ -16,53 +16,15 @@ from fly64_assets.core.bookkeeping import (
     RECONSTRUCTION_RECORD,
     read_record,
 )
-from fly64_assets.core.design import ALL_DATASETS, DOSES, Dataset
+from fly64_assets.core.design import DOSES, Dataset
 from fly64_assets.core.report import figures, fits, page, tables
 from fly64_assets.core.report.headline import headline
 from fly64_assets.core.report.records import METRICS
 from fly64_assets.defs.inputs.assets import phase_c_patched, phase_d_overlap
 from fly64_assets.defs.reconstruction.assets import ptychi_reconstruction
 from fly64_assets_tests.figure_checks import assert_figure_drawn, png_in_markdown
-
-PHASE_MAE = {  # (dose, view) -> (train, test), radians
-    (1000, "baseline"): (0.30, 0.34),
-    (10000, "baseline"): (0.20, 0.21),
-    (100000, "baseline"): (0.10, 0.12),
-    (1000, "dense"): (0.40, 0.44),
-    (10000, "dense"): (0.25, 0.27),
-    (100000, "dense"): (0.15, 0.16),
-}
-EXPONENTS = {"train": -0.22, "test": -0.28}
-"""Each split an exact power law: the replicate fit is -0.25 ± 0.03."""
-
-
-def hand_made_records(exponents: dict[str, float] = EXPONENTS, noise: float = 0.0, seed: int = 0) -> list[dict]:
-    """Baseline and dense scored in both splits (phase MAE from PHASE_MAE, resolution 40 * D**exponent of the
-    split, times exp(noise * N(0, 1))); sparse skipped everywhere."""
-    rng = np.random.default_rng(seed)
-    records = []
-    for job in ALL_DATASETS:
-        record = {"dose": job.dose, "view": job.view, "split": job.split}
-        if job.view == "sparse":
-            record.update(status="skipped", reason="sparse view not written by Phase D")
-        else:
-            resolution = 40.0 * job.dose ** exponents[job.split] * float(np.exp(noise * rng.standard_normal()))
-            mae = PHASE_MAE[(job.dose, job.view)][0 if job.split == "train" else 1]
-            record.update(
-                status="succeeded",
-                n_patterns=98,
-                phase_mae=mae,
-                amplitude_mae=mae / 2,
-                phase_ssim=1.0 - mae,
-                amplitude_ssim=1.0 - mae / 2,
-                phase_psnr=30.0 * (1 - mae),
-                amplitude_psnr=32.0 * (1 - mae),
-                frc_resolution_px=resolution,
-                frc_resolution_fraction=2.0 / resolution,
-            )
-        records.append(record)
-    return records
-
+from fly64_assets_tests.report_records import hand_made_records
+from fly64_assets_tests.support import materialization_metadata
 
 def summary_of(rows: list[dict], dose: int, view: str) -> dict:
     return next(s for s in tables.replicate_summary(rows) if s["dose"] == dose and s["view"] == view)
@@ -251,12 +213,7 @@ def _reconstruct(study_paths, instance, key: str, **config):
         instance=instance,
     )
     assert result.success
-    (metadata,) = [
-        {name: getattr(value, "value", value) for name, value in event.event_specific_data.materialization.metadata.items()}
-        for event in result.get_asset_materialization_events()
-        if event.event_specific_data.materialization.asset_key == RECONSTRUCTION
-    ]
-    return metadata
+    return materialization_metadata(result, RECONSTRUCTION)[key]
 
 
 def test_the_convergence_curve_is_recorded_and_can_be_switched_off(study_paths, instance):

@@ -18,7 +18,7 @@ from fly64_assets.core.report.regularization import REGULARIZATION_INTRO, REGULA
 from fly64_assets.defs.inputs.assets import phase_c_patched, phase_d_overlap
 from fly64_assets.defs.reconstruction.assets import QUALITY, ptychi_reconstruction
 from fly64_assets.defs.report.assets import study_report
-from fly64_assets_tests.test_report_error_bars import hand_made_records
+from fly64_assets_tests.report_records import hand_made_records
 
 STUDY_ASSETS = [phase_c_patched, phase_d_overlap, ptychi_reconstruction]
 CANDIDATES = (("off", 0.0), ("tv_0_003", 0.003), ("tv_0_01", 0.01), ("tv_0_03", 0.03), ("tv_0_1", 0.1), ("tv_0_3", 0.3))
