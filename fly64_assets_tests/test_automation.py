@@ -19,7 +19,8 @@ from fly64_assets.core.bookkeeping import RECONSTRUCTION_RECORD, read_record
 from fly64_assets.core.design import ALL_DATASETS, Dataset
 from fly64_assets.core.options import ReconstructionOptions
 from fly64_assets.definitions import build_definitions
-from fly64_assets.defs.inputs.assets import ABSENT, file_sha256
+from fly64_assets.core.artifacts import file_sha256
+from fly64_assets.defs.inputs.assets import ABSENT
 from fly64_assets.defs.inputs.sensors import input_files_sensor
 from fly64_assets.defs.jobs import OBSERVE_PHASE_C_JOB, OBSERVE_PHASE_D_JOB
 from fly64_assets.defs.resources import StudyPaths

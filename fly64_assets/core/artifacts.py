@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -49,6 +50,15 @@ def _writer_is_gone(partial: Path) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def file_sha256(path: Path) -> str:
+    """The file's content hash, read in 1 MiB blocks (an input's identity: its data version, its record)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def new_file_mode() -> int:

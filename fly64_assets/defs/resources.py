@@ -10,6 +10,7 @@ from pydantic import Field
 
 from fly64_assets.core.artifacts import inside_root
 from fly64_assets.core.design import Dataset
+from fly64_assets.core.partition import StudyFolders
 from fly64_assets.lib.cluster_preflight import StudyRoots
 
 DATA_DIR_ENV = "FLY64_DATA_DIR"
@@ -42,11 +43,15 @@ class StudyPaths(ConfigurableResource):
             artifact_root=os.environ.get("FLY64_ARTIFACT_ROOT", str(default_data_dir() / "artifacts")),
         )
 
+    def folders(self) -> StudyFolders:
+        """The roots as the science core takes them."""
+        return StudyFolders(Path(self.phase_c_root), Path(self.phase_d_root), Path(self.artifact_root))
+
     def input_path(self, dataset: Dataset) -> Path:
-        return dataset.input_path(Path(self.phase_c_root), Path(self.phase_d_root))
+        return self.folders().input_path(dataset)
 
     def artifact_dir(self, dataset: Dataset) -> Path:
-        return inside_root(Path(self.artifact_root), dataset.artifact_dir(Path(self.artifact_root)))
+        return self.folders().artifact_dir(dataset)
 
     def artifact_file(self, name: str) -> Path:
         return inside_root(Path(self.artifact_root), Path(self.artifact_root) / name)

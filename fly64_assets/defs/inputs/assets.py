@@ -1,23 +1,13 @@
 """The study's inputs as observable source assets: a content hash per present file as its data version."""
 
-import hashlib
-from pathlib import Path
-
 from dagster import DataVersion, DataVersionsByPartition, observable_source_asset
 
+from fly64_assets.core.artifacts import file_sha256
 from fly64_assets.core.design import dataset_for_source_key
 from fly64_assets.defs.inputs.partitions import PHASE_C_PARTITIONS, PHASE_D_PARTITIONS
 from fly64_assets.defs.resources import StudyPaths
 
 INPUTS_GROUP = "inputs"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 ABSENT = DataVersion("absent")

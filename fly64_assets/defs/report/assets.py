@@ -15,7 +15,8 @@ from fly64_assets.core.bookkeeping import (
 )
 from fly64_assets.core.design import ALL_DATASETS, DOSES, VIEWS, Dataset
 from fly64_assets.defs.automation import react_to_inputs
-from fly64_assets.defs.reconstruction.assets import PHASE_C_SCAN_AREA, QUALITY
+from fly64_assets.core.partition import PHASE_C_SCAN_AREA
+from fly64_assets.defs.reconstruction.assets import QUALITY
 from fly64_assets.defs.resources import StudyPaths
 
 REPORT_DIR = "report"
