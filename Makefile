@@ -31,8 +31,12 @@ $(PTYCHODUS_SITE)/.installed: $(VENV)/.installed
 	$(BIN)/pip install -q --no-deps --target $(PTYCHODUS_SITE) ptychodus==1.7.0
 	touch $@
 
+# Two pytest-xdist workers: the server and daemon tests spend most of their time waiting on Dagster's daemon loops,
+# so two at once fit a 2-core machine; each module runs whole in one worker (fly64_assets_tests/conftest.py).
+PYTEST_WORKERS ?= 2
+
 test: install $(PTYCHODUS_SITE)/.installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml --host 127.0.0.1 --port 3000

@@ -42,6 +42,19 @@ def pytest_configure(config):
     )
 
 
+SHARED_SERVER_MODULES = {"test_ui", "test_postgres_instance"}
+"""The modules that read the session's ``dagster dev`` stack and backfill (they run in one pytest-xdist worker)."""
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``pytest -n N --dist loadgroup`` (``make test``) each module runs whole in one worker, so a module's
+    fixtures are made once, and the shared-server modules run in the same worker, so the stack is made once."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            module = item.module.__name__.rsplit(".", 1)[-1]
+            item.add_marker(pytest.mark.xdist_group("study_server" if module in SHARED_SERVER_MODULES else module))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Under CI a skip is a failure, unless the test is marked ``may_skip_in_ci``: nothing vanishes unseen."""
