@@ -85,7 +85,8 @@ def study(synthetic_study, tmp_path_factory) -> Study:
     home = root / "dagster_home"
     home.mkdir()
     config = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
-    config["run_monitoring"].update(max_runtime_seconds=TEST_MAX_RUNTIME_S, poll_interval_seconds=5)
+    config["run_monitoring"].update(max_runtime_seconds=TEST_MAX_RUNTIME_S, poll_interval_seconds=5,
+                                    free_slots_after_run_end_seconds=5)
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
     # Regularization off: faults, not the choice, are under test, and every run stays well under the max runtime.
     env = {**study_environment(root, str(SERVER_EPOCHS)), "FLY64_REGULARIZATION": "off"}
@@ -112,13 +113,27 @@ def _wait_for_epoch(folder: Path, epoch: int, timeout_s: float = 180) -> Path:
     raise TimeoutError(f"no reconstruction reached epoch {epoch} in {folder}")
 
 
+def _fresh_artifact_dir(study: Study, key: str) -> Path:
+    """The partition's artifact folder, emptied of whatever an earlier test's run left there (tests run in any
+    order, and the backfill tests reconstruct these partitions too)."""
+    folder = study.artifact_dir(key)
+    shutil.rmtree(folder, ignore_errors=True)
+    return folder
+
+
+def _gpu_slots_of(study: Study, run_id: str) -> list:
+    """The ``gpu`` pool slots the run holds."""
+    with DagsterInstance.from_config(study.env["DAGSTER_HOME"]) as instance:
+        return [slot for slot in instance.event_log_storage.get_concurrency_info("gpu").claimed_slots if slot.run_id == run_id]
+
+
 def _outputs(folder: Path) -> list[str]:
     return sorted(path.name for path in folder.iterdir()) if folder.exists() else []
 
 
 def test_terminate_from_the_ui_cancels_promptly_leaves_no_partial_output_and_frees_the_pool(study):
     key = "1000|baseline_test"
-    folder = study.artifact_dir(key)
+    folder = _fresh_artifact_dir(study, key)
     run_id = launch_run(study.server, "reconstruct_study", _tags(key), LONG)
     _wait_for_epoch(folder, 3)
     terminated = study.server.graphql(TERMINATE_RUN, {"runId": run_id})["terminateRun"]
@@ -128,8 +143,7 @@ def test_terminate_from_the_ui_cancels_promptly_leaves_no_partial_output_and_fre
     assert status == "CANCELED" and seconds < 30
     # The log of what happened stays (whole); no reconstruction output, record or temporary file does.
     assert _outputs(folder) == ["ptychi.log"], _outputs(folder)
-    with DagsterInstance.from_config(study.env["DAGSTER_HOME"]) as instance:
-        assert instance.event_log_storage.get_concurrency_info("gpu").claimed_slots == []
+    assert _gpu_slots_of(study, run_id) == []
 
     again = launch_run(study.server, "reconstruct_study", _tags(key), {"ops": {"ptychi_reconstruction": {"config": {"epochs": 5}}}})
     assert wait_for_run(study.server, again, timeout_s=180)[0] == "SUCCESS"
@@ -139,7 +153,7 @@ def test_terminate_from_the_ui_cancels_promptly_leaves_no_partial_output_and_fre
 
 def test_a_killed_run_process_is_marked_failed_by_dagster_and_reexecution_from_failure_completes(study):
     key = "1000|baseline_train"
-    folder = study.artifact_dir(key)
+    folder = _fresh_artifact_dir(study, key)
     epochs = 60  # long enough to be killed at epoch 3, short to re-execute
     run_id = launch_run(study.server, "reconstruct_study", _tags(key), {"ops": {"ptychi_reconstruction": {"config": {"epochs": epochs, "regularization": "off"}}}})
     partial = _wait_for_epoch(folder, 3)
@@ -212,3 +226,7 @@ def test_runs_in_flight_when_the_whole_server_dies_do_not_stay_started(study):
     status, seconds = wait_for_run(study.server, run_id, timeout_s=TEST_MAX_RUNTIME_S + 90)
     print(f"after the restart the run became {status} within {seconds:.1f} s (max_runtime_seconds {TEST_MAX_RUNTIME_S})")
     assert status in ("FAILURE", "CANCELED")  # run monitoring's max runtime ended it
+    deadline = time.monotonic() + 60
+    while _gpu_slots_of(study, run_id):  # and its gpu pool slot, which no process was left to free, comes back
+        assert time.monotonic() < deadline, "the dead run's gpu pool slot was never freed"
+        time.sleep(2)
