@@ -26,10 +26,7 @@ from fly64_assets.core.bookkeeping import StudyPlan
 from fly64_assets.core.design import Dataset
 from fly64_assets.core.options import ReconstructionOptions
 from fly64_assets.definitions import build_definitions
-from fly64_assets.defs.inputs.partitions import PHASE_C_PARTITIONS, PHASE_D_PARTITIONS
 from fly64_assets.defs.jobs import (
-    CHECK_PHASE_C_JOB,
-    CHECK_PHASE_D_JOB,
     OBSERVATION_JOBS,
     RECONSTRUCT_JOB,
     REPORT_JOB,
@@ -43,8 +40,10 @@ from fly64_assets.defs.resources import StudyPaths
 from fly64_assets.lib.executor import IN_PROCESS, executor_name
 from fly64_assets.lib.progress import StudyProgress, reporting_to
 
-QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
-"""Keep Dagster's per-event console lines out of the command's output; the UI has them all."""
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+"""Keep Dagster's per-event console lines, tracebacks included, out of the command's output: the command prints
+one line per partition (and per failed run) itself; the run's event log (the UI) and each partition's own log
+keep every detail."""
 
 SUMMARY_ASSETS = ("reconstruction_manifest", "skip_summary", "study_report")
 
@@ -63,6 +62,18 @@ class RunOutcome:
     error: str | None
     values: dict = field(default_factory=dict)
     """The requested steps' output values, by step name (after a success)."""
+    failed_partitions: list[str] = field(default_factory=list)
+    """The partitions the reconstruction step reported failed (each already reported on its own line)."""
+
+
+def failed_partitions(result) -> list[str]:
+    """The partition keys a failed reconstruction step names in its failure's ``failed_partitions`` metadata."""
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data.user_failure_data is not None:
+            listed = event.step_failure_data.user_failure_data.metadata.get("failed_partitions")
+            if listed is not None:
+                return list(listed.value)
+    return []
 
 
 def failure_message(result) -> str | None:
@@ -95,7 +106,7 @@ def execute(
         with reporting_to(progress or StudyProgress()):
             result = job.execute_in_process(instance=instance, run_config=run_config, tags=tags, raise_on_error=False)
         if not result.success:
-            return RunOutcome(result.run_id, False, failure_message(result))
+            return RunOutcome(result.run_id, False, failure_message(result), failed_partitions=failed_partitions(result))
         return RunOutcome(result.run_id, True, None, {name: result.output_for_node(name) for name in outputs})
     job = build_reconstructable_job(
         __name__,
@@ -109,7 +120,7 @@ def execute(
     )
     with execute_job(job, instance=instance, run_config=run_config, tags=tags, raise_on_error=False) as result:
         if not result.success:
-            return RunOutcome(result.run_id, False, failure_message(result))
+            return RunOutcome(result.run_id, False, failure_message(result), failed_partitions=failed_partitions(result))
     # The steps ran elsewhere: their values are the assets' stored values (by asset key, not by run).
     defs = build_definitions(paths)
     return RunOutcome(result.run_id, True, None, {name: defs.load_asset_value(AssetKey(name), instance=instance) for name in outputs})
@@ -132,25 +143,6 @@ def observe_inputs(paths: StudyPaths, instance: DagsterInstance) -> None:
         )
         if not result.success:
             raise RuntimeError(f"observing the inputs failed: {failure_message(result)}")
-
-
-def record_input_checks(paths: StudyPaths, instance: DagsterInstance) -> dict[str, int]:
-    """Run the DATA-001 source checks for every input file, so the UI shows each file's result.
-
-    A check-only run of a partitioned check takes its partition from tags (Dagster 1.13 refuses
-    ``partition_key`` there). Returns how many files were ok, invalid and missing.
-    """
-    counts = {"ok": 0, "invalid": 0, "missing": 0}
-    defs = build_definitions(paths)
-    for job_name, partitions in ((CHECK_PHASE_C_JOB, PHASE_C_PARTITIONS), (CHECK_PHASE_D_JOB, PHASE_D_PARTITIONS)):
-        job = defs.resolve_job_def(job_name)
-        for key in partitions.get_partition_keys():
-            result = job.execute_in_process(
-                instance=instance, tags=partitions.get_tags_for_partition_key(key), run_config=QUIET
-            )
-            for evaluation in result.get_asset_check_evaluations():
-                counts[evaluation.metadata["status"].value] += 1
-    return counts
 
 
 def reconstruct(
@@ -176,7 +168,10 @@ def reconstruct(
         if executor_name() != IN_PROCESS:
             _report_partitions(paths, instance, keys, progress)
         progress.message(f"run {outcome.run_id[:8]} ({start} ... {end}): {len(keys)} partition(s) in {time.perf_counter() - started:.1f} s")
-        if outcome.error:
+        if outcome.failed_partitions:  # each one's reason is on its own line already; the traceback is in its log
+            progress.message(f"{len(outcome.failed_partitions)} partition(s) failed: each one's whole log is its "
+                             f"ptychi.log under the artifact root, and the run's event log is in the UI (run {outcome.run_id})")
+        elif outcome.error:
             progress.message(outcome.error)
     return outcomes
 
@@ -209,12 +204,12 @@ def run_study(
     instance: DagsterInstance,
     progress: StudyProgress | None = None,
 ) -> dict:
-    """The inputs' observation and checks, the selected partitions (skips included: they are recorded, so the
-    UI shows them), then the summaries; returns the manifest, skip summary and report values by asset name."""
+    """The inputs' observation (one run per source: each file's content hash as its data version), the selected
+    partitions (skips included: they are recorded, so the UI shows them; each one's DATA-001 check is recorded
+    inside its run, as ``input_data001``), then the summaries; returns the manifest, skip summary and report
+    values by asset name."""
     progress = progress or StudyProgress()
     observe_inputs(paths, instance)
-    counts = record_input_checks(paths, instance)
-    progress.message(f"DATA-001 on the inputs: {counts['ok']} ok, {counts['invalid']} invalid, {counts['missing']} missing")
     reconstruct(paths, plan.selected, options, instance, progress)
     return summarize(paths, plan.filters, instance)
 

@@ -47,6 +47,42 @@ def copy_study(tree: Path, destination: Path) -> Path:
     return destination
 
 
+def call_as_plain_user(function, *args):
+    """``function(*args)`` as this user or, when that is root (which reads and writes any file, as CI runs), in a
+    forked child that has dropped to ``nobody``: a permission problem exists only for a user without privileges.
+    Call it once as root first where the function imports lazily (the interpreter's own files are root's)."""
+    if os.geteuid() != 0:
+        return function(*args)
+    import multiprocessing
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    context = multiprocessing.get_context("fork")
+    results = context.SimpleQueue()
+
+    def as_nobody() -> None:
+        os.setgroups([])
+        os.setgid(nobody.pw_gid)
+        os.setuid(nobody.pw_uid)
+        results.put(function(*args))
+
+    child = context.Process(target=as_nobody)
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0, f"{function.__name__} as nobody ended with {child.exitcode}"
+    return results.get()
+
+
+def world_traversable_folder(prefix: str) -> Path:
+    """A new folder that ``nobody`` can enter (pytest's own folders are private to their owner); the caller
+    removes it."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    folder.chmod(0o755)
+    return folder
+
+
 def materialization_metadata(result, asset_key: AssetKey) -> dict[str | None, dict]:
     """Partition key -> metadata (plain values) of a run result's materializations of ``asset_key``."""
     found = {}

@@ -2,17 +2,20 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from dagster import AssetKey
 
 from fly64_assets.cli import main
+from fly64_assets.core.artifacts import unwritable_reason
 from fly64_assets.core.design import Dataset
-from fly64_assets_tests.support import FAST_EPOCHS
+from fly64_assets_tests.support import FAST_EPOCHS, call_as_plain_user, world_traversable_folder
 
 
 def _roots(paths) -> list[str]:
@@ -95,9 +98,48 @@ def test_run_goes_through_dagster_and_exit_code_reports_a_failed_job(study_paths
     from dagster import DagsterInstance
 
     with DagsterInstance.get() as instance:
-        job_names = {run.job_name for run in instance.get_runs()}
-    assert job_names == {"observe_phase_c_inputs", "observe_phase_d_inputs", "check_phase_c_inputs", "check_phase_d_inputs",
-                         "reconstruct_study", "summarize_study"}
+        runs = instance.get_runs()
+        (reconstruction_run,) = [run for run in runs if run.job_name == "reconstruct_study"]
+        logged = [entry.message for entry in instance.all_logs(reconstruction_run.run_id)]
+    assert {run.job_name for run in runs} == {"observe_phase_c_inputs", "observe_phase_d_inputs", "reconstruct_study", "summarize_study"}
+    # the failure is one line with its reason on the terminal, no traceback; the run's event log has it whole
+    assert "Traceback" not in printed.out + printed.err
+    assert sum("10000|dense_train" in line and "FAILED" in line for line in printed.out.splitlines()) == 1
+    assert any("10000|dense_train failed" in message and "xcoords" in message for message in logged)
+
+
+def test_run_names_an_unusable_artifact_root_in_one_line_before_any_run(study_paths, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("not a folder")
+    roots = ["--phase-c-root", study_paths.phase_c_root, "--phase-d-root", study_paths.phase_d_root]
+    args = ["run", *roots, "--allow-missing-phase-d", "--epochs", "1", "--device", "cpu"]
+
+    assert main([*args, "--artifact-root", str(a_file)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.endswith(f"artifact root {a_file} cannot be a folder: {a_file} is a file")
+
+    # A full disk cannot be made here: the one injected fault is the free space the filesystem reports.
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(total=2**40, used=2**40 - 2**20, free=2**20))
+    assert main([*args, "--artifact-root", study_paths.artifact_root]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert study_paths.artifact_root in line and "full filesystem: 1 MiB free" in line
+    assert not (tmp_path / "dagster_home").exists()  # no run was started: no instance was even made
+
+
+def test_a_read_only_artifact_root_is_named_for_a_user_who_cannot_write_there():
+    folder = world_traversable_folder("fly64-read-only-")
+    try:
+        root = folder / "artifacts"
+        root.mkdir()
+        assert unwritable_reason(root) is None  # as this user first: usable
+        root.chmod(0o777)
+        assert call_as_plain_user(unwritable_reason, root) is None
+        root.chmod(0o555)
+        reason = call_as_plain_user(unwritable_reason, root)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    assert reason == f"artifact root {root} is not writable: permission denied in {root}"
 
 
 def test_check_reports_ok_invalid_and_missing_as_json(study_paths, capsys):

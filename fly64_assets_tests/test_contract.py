@@ -7,7 +7,6 @@ import json
 import os
 import pickle
 import shutil
-import tempfile
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -27,6 +26,7 @@ from fly64_assets.core.contract import (
     read_metadata,
     validate,
 )
+from fly64_assets_tests.support import call_as_plain_user, world_traversable_folder
 
 N, SIZE, OBJECT_SIZE = 5, 16, 32
 METADATA = {"selection_strategy": "greedy", "spacing_threshold": 38.4, "n_accepted": 5, "acceptance_rate": 0.5}
@@ -342,40 +342,15 @@ def test_unusable_files_are_contract_errors(tmp_path, make_file, expected_rule):
     assert violation.path == str(path)
 
 
-def _violations_as_a_plain_user(path: Path) -> list[Violation]:
-    """``check_file(path)`` as this user, or, when that is root (which reads any file, as CI runs), in a forked
-    child that has dropped to ``nobody``: a permission problem exists only for a user without privileges."""
-    if os.geteuid() != 0:
-        return check_file(path)
-    import multiprocessing
-    import pwd
-
-    nobody = pwd.getpwnam("nobody")
-    check_file(path)  # as root first: the lazy imports happen while the interpreter's own files are readable
-    results = multiprocessing.get_context("fork").SimpleQueue()
-
-    def check_as_nobody() -> None:
-        os.setgroups([])
-        os.setgid(nobody.pw_gid)
-        os.setuid(nobody.pw_uid)
-        results.put(check_file(path))
-
-    child = multiprocessing.get_context("fork").Process(target=check_as_nobody)
-    child.start()
-    child.join(60)
-    assert child.exitcode == 0, f"the check as nobody ended with {child.exitcode}"
-    return results.get()
-
-
 def test_unreadable_file_is_a_contract_error():
-    folder = Path(tempfile.mkdtemp(prefix="fly64-unreadable-"))  # pytest's folders are private to their owner
+    folder = world_traversable_folder("fly64-unreadable-")
     try:
-        folder.chmod(0o755)
         path = write_npz(folder / "locked.npz")
         path.chmod(0o644)
-        assert _violations_as_a_plain_user(path) == []  # the same user reads it while it is readable
+        assert check_file(path) == []  # as this user first: the check's lazy imports happen here
+        assert call_as_plain_user(check_file, path) == []  # a plain user reads it while it is readable
         path.chmod(0)
-        violation = the_violation(_violations_as_a_plain_user(path), FILE_KEY)
+        violation = the_violation(call_as_plain_user(check_file, path), FILE_KEY)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

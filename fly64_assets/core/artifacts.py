@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -50,6 +51,33 @@ def _writer_is_gone(partial: Path) -> bool:
     except PermissionError:
         return False
     return False
+
+
+MIN_FREE_BYTES = 256 * 2**20
+"""The least free space an artifact root's filesystem must have before a study writes there: a reconstruction's
+files are a few MB at the demo scale, tens of MB at full scale."""
+
+
+def unwritable_reason(root: Path, min_free_bytes: int = MIN_FREE_BYTES) -> str | None:
+    """Why outputs cannot be written under ``root``, in one line, or None: a file stands where it or a folder
+    above it should be, its filesystem is mounted read-only, this user may not write there, or the filesystem
+    has less than ``min_free_bytes`` free. A root that does not exist yet is judged by the folder it would be
+    made in. Nothing is written."""
+    root = Path(root)
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"artifact root {root} cannot be a folder: {existing} is a file"
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        return f"artifact root {root} is not writable: {existing} is on a read-only filesystem"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"artifact root {root} is not writable: permission denied in {existing}"
+    free = shutil.disk_usage(existing).free
+    if free < min_free_bytes:
+        return (f"artifact root {root} is on a full filesystem: {free / 2**20:.0f} MiB free, "
+                f"at least {min_free_bytes / 2**20:.0f} MiB needed")
+    return None
 
 
 def file_sha256(path: Path) -> str:

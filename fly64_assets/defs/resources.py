@@ -8,7 +8,7 @@ from pathlib import Path
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from fly64_assets.core.artifacts import inside_root
+from fly64_assets.core.artifacts import inside_root, unwritable_reason
 from fly64_assets.core.design import Dataset
 from fly64_assets.core.partition import StudyFolders
 from fly64_assets.lib.cluster_preflight import StudyRoots
@@ -69,4 +69,5 @@ class StudyPaths(ConfigurableResource):
         for label, root in (("Phase C root", self.phase_c_root), ("Phase D root", self.phase_d_root)):
             if artifacts.is_relative_to(Path(root).resolve()):
                 errors.append(f"artifact root {artifacts} is inside the {label} {root}: outputs must not mix with inputs")
-        return errors
+        unwritable = unwritable_reason(artifacts)
+        return errors + ([unwritable] if unwritable else [])
