@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from dagster import DagsterInstance, instance_for_test
 from fly64_assets.core.synthetic import simulate_study
 from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS
 from fly64_assets.defs.resources import StudyPaths
-from fly64_assets_tests.dagster_dev import DagsterDev, run_ui_backfill, study_environment
+from fly64_assets_tests.dagster_dev import DagsterDev, StudyBackfill, StudyServer, run_ui_backfill, study_environment
 from fly64_assets_tests.postgres_server import postgres_binaries, throwaway_postgres
 from fly64_assets_tests.support import REPO_ROOT, copy_study, kept_artifacts_dir, running_in_ci
 
@@ -124,18 +123,6 @@ def postgres_instance_config(url: str) -> dict:
     return config
 
 
-@dataclass
-class StudyServer:
-    """The session's ``dagster dev`` (webserver, daemon, code server) serving a demo study under ``root``."""
-
-    server: DagsterDev
-    root: Path
-    home: Path
-    on_postgres: bool
-    kept: Path
-    """Where screenshots and the server's log are kept (``$FLY64_TEST_ARTIFACTS/ui`` or a temporary folder)."""
-
-
 @pytest.fixture(scope="session")
 def study_server(synthetic_study, tmp_path_factory) -> StudyServer:
     """``dagster dev`` as a user starts it (the shipped dagster.yaml, automation off so that the only runs are
@@ -157,13 +144,6 @@ def study_server(synthetic_study, tmp_path_factory) -> StudyServer:
         server.start()
         server.graphql("mutation { setNuxSeen }")  # what clicking "Skip" on the first visit's dialog records
         yield StudyServer(server, root, home, binaries is not None, kept)
-
-
-@dataclass
-class StudyBackfill:
-    backfill_id: str
-    backfill: dict
-    seconds: float
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from dagster import DagsterInstance
@@ -207,6 +208,25 @@ class SeparateServices(DagsterDev):
         for log in self._daemon_logs:
             log.close()
         super().stop()
+
+
+@dataclass
+class StudyServer:
+    """The session's ``dagster dev`` (webserver, daemon, code server) serving a demo study under ``root``."""
+
+    server: DagsterDev
+    root: Path
+    home: Path
+    on_postgres: bool
+    kept: Path
+    """Where screenshots and the server's log are kept (``$FLY64_TEST_ARTIFACTS/ui`` or a temporary folder)."""
+
+
+@dataclass
+class StudyBackfill:
+    backfill_id: str
+    backfill: dict
+    seconds: float
 
 
 def study_environment(root: Path, epochs: str, automation: str = "off") -> dict[str, str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -25,7 +24,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 from fly64_assets.core.bookkeeping import RECONSTRUCTED, SKIPPED
 from fly64_assets.core.design import ALL_DATASETS, DOSES
 from fly64_assets.defs.reconstruction.partitions import RANGE_END_TAG, RANGE_START_TAG
-from fly64_assets_tests.dagster_dev import CHECK_EXECUTIONS, UI_BACKFILL_ASSETS, DagsterDev
+from fly64_assets_tests.dagster_dev import CHECK_EXECUTIONS, UI_BACKFILL_ASSETS, StudyServer
 
 pytestmark = pytest.mark.timeout(1200)  # the first test here may wait for the session's server and backfill
 
@@ -87,26 +86,8 @@ def run_tags(run: dict) -> dict[str, str]:
     return {tag["key"]: tag["value"] for tag in run["tags"]}
 
 
-@dataclass
-class UIStudy:
-    server: DagsterDev
-    root: Path
-    backfill_id: str
-    backfill: dict
-    backfill_seconds: float
-    shots: Path
-
-
 @pytest.fixture(scope="module")
-def ui_study(study_server, study_backfill) -> UIStudy:
-    return UIStudy(
-        study_server.server, study_server.root, study_backfill.backfill_id, study_backfill.backfill,
-        study_backfill.seconds, study_server.kept,
-    )
-
-
-@pytest.fixture(scope="module")
-def page(ui_study):
+def page(study_server, study_backfill):
     """One page of Debian's headless Chromium, driven by Playwright (which stops the browser and its driver)."""
     executable = chromium_or_skip()
     with sync_playwright() as playwright:
@@ -136,7 +117,7 @@ def wait_for_text(page: Page, *needles: str, timeout_ms: float = 60_000) -> str:
     return visible_text(page)
 
 
-def open_page(page: Page, study: UIStudy, path: str, *needles: str) -> str:
+def open_page(page: Page, study: StudyServer, path: str, *needles: str) -> str:
     """Go to a UI page, wait until it shows every needle and has stopped changing; returns its visible text."""
     page.goto(study.server.url + path, wait_until="load")
     return wait_for_text(page, *needles, timeout_ms=PAGE_TIMEOUT_MS)
@@ -145,9 +126,9 @@ def open_page(page: Page, study: UIStudy, path: str, *needles: str) -> str:
 # --- the backfill, through GraphQL ----------------------------------------------------------------------
 
 
-def test_backfill_of_the_whole_study_ends_successful(ui_study):
-    backfill = ui_study.backfill
-    print(f"backfill {ui_study.backfill_id}: {backfill['status']} in {ui_study.backfill_seconds:.0f} s")
+def test_backfill_of_the_whole_study_ends_successful(study_server, study_backfill):
+    backfill = study_backfill.backfill
+    print(f"backfill {study_backfill.backfill_id}: {backfill['status']} in {study_backfill.seconds:.0f} s")
     assert backfill["status"] == "COMPLETED_SUCCESS", backfill
     assert backfill["error"] is None
     statuses = {"/".join(s["assetKey"]["path"]): s for s in backfill["assetBackfillData"]["assetBackfillStatuses"]}
@@ -165,13 +146,13 @@ def test_backfill_of_the_whole_study_ends_successful(ui_study):
     assert len(runs) == 4, ranges
     assert ranges == sorted([("-", "-")] + [(f"{dose}|baseline_train", f"{dose}|sparse_test") for dose in DOSES]), ranges
 
-    stats = ui_study.server.graphql(PARTITION_STATS, {"key": asset_key(RECONSTRUCTION)})["assetNodeOrError"]["partitionStats"]
+    stats = study_server.server.graphql(PARTITION_STATS, {"key": asset_key(RECONSTRUCTION)})["assetNodeOrError"]["partitionStats"]
     assert stats == {"numMaterialized": 18, "numPartitions": 18, "numFailed": 0, "numMaterializing": 0}
 
 
-def test_the_six_sparse_skips_are_warn_checks_with_their_reason(ui_study):
-    executions = ui_study.server.graphql(CHECK_EXECUTIONS, {"key": asset_key(RECONSTRUCTION), "check": INPUT_CHECK})["assetCheckExecutions"]
-    backfill_runs = {run["runId"] for run in ui_study.backfill["runs"]}
+def test_the_six_sparse_skips_are_warn_checks_with_their_reason(study_server, study_backfill):
+    executions = study_server.server.graphql(CHECK_EXECUTIONS, {"key": asset_key(RECONSTRUCTION), "check": INPUT_CHECK})["assetCheckExecutions"]
+    backfill_runs = {run["runId"] for run in study_backfill.backfill["runs"]}
     latest: dict[str, dict] = {}
     for execution in sorted(executions, key=lambda e: e["timestamp"]):
         if execution["runId"] in backfill_runs:
@@ -189,8 +170,8 @@ def test_the_six_sparse_skips_are_warn_checks_with_their_reason(ui_study):
     assert len(passed) == 12 and all(e["status"] == "SUCCEEDED" for e in passed.values())
 
 
-def test_skips_reach_the_summaries_and_the_report(ui_study):
-    artifacts = ui_study.root / "artifacts"
+def test_skips_reach_the_summaries_and_the_report(study_server, study_backfill):
+    artifacts = study_server.root / "artifacts"
     skips = json.loads((artifacts / "skip_summary.json").read_text())
     assert skips["skipped_count"] == 6 and skips["missing_phase_d_count"] == 6
     assert all(SKIP_REASON in job["reason"] for job in skips["skipped_jobs"])
@@ -203,59 +184,59 @@ def test_skips_reach_the_summaries_and_the_report(ui_study):
 # --- what a person sees ---------------------------------------------------------------------------------
 
 
-def test_asset_graph_shows_the_study(ui_study, page):
-    open_page(page, ui_study, "/asset-groups", "inputs", "reconstruction", "summaries", "report")
+def test_asset_graph_shows_the_study(study_server, page):
+    open_page(page, study_server, "/asset-groups", "inputs", "reconstruction", "summaries", "report")
     page.keyboard.press("Alt+KeyE")  # the graph's "Expand all groups" shortcut (⌥E)
     text = wait_for_text(page, "phase_c_patched", "skip_summary", "study_report", "18 partitions")
-    page.screenshot(path=ui_study.shots / "01_asset_graph.png")
+    page.screenshot(path=study_server.kept / "01_asset_graph.png")
     assert "Materialize all (5)" in text
     assert text.count("18 partitions") >= 2  # ptychi_reconstruction and reconstruction_quality
     assert "100% filled" in text
     assert "Failed" not in text
 
 
-def test_partitions_page_shows_18_partitions_all_materialized(ui_study, page):
+def test_partitions_page_shows_18_partitions_all_materialized(study_server, page):
     text = open_page(
-        page, ui_study, f"/assets/{RECONSTRUCTION}?view=partitions", "18 Partitions Selected", "Materialized (18)"
+        page, study_server, f"/assets/{RECONSTRUCTION}?view=partitions", "18 Partitions Selected", "Materialized (18)"
     )
-    page.screenshot(path=ui_study.shots / "02_reconstruction_partitions.png")
+    page.screenshot(path=study_server.kept / "02_reconstruction_partitions.png")
     for label in ("Failed (0)", "Materializing (0)", "Missing (0)"):
         assert label in text
     for key in ("1000", "10000", "100000", "baseline_train", "baseline_test", "dense_train", "dense_test", "sparse_train", "sparse_test"):
         assert key in text.split("\n"), key
 
 
-def test_skipped_partition_page_shows_the_reason(ui_study, page):
+def test_skipped_partition_page_shows_the_reason(study_server, page):
     key = "1000|sparse_train"
-    text = open_page(page, ui_study, f"/assets/{RECONSTRUCTION}?view=partitions&partition={quote(key, safe='')}", key, SKIP_REASON)
-    page.screenshot(path=ui_study.shots / "03_skipped_partition_1000_sparse_train.png")
+    text = open_page(page, study_server, f"/assets/{RECONSTRUCTION}?view=partitions&partition={quote(key, safe='')}", key, SKIP_REASON)
+    page.screenshot(path=study_server.kept / "03_skipped_partition_1000_sparse_train.png")
     lines = [line.strip() for line in text.split("\n") if line.strip()]
     assert SKIPPED in lines, "the partition's metadata shows status skipped"
     assert "sparse_train.npz absent" in text
 
 
-def test_reconstructed_partition_page_shows_its_preview(ui_study, page):
+def test_reconstructed_partition_page_shows_its_preview(study_server, page):
     key = "100000|baseline_train"
-    text = open_page(page, ui_study, f"/assets/{RECONSTRUCTION}?view=partitions&partition={quote(key, safe='')}", key, "final_loss", "preview")
-    page.screenshot(path=ui_study.shots / "04_reconstructed_partition_100000_baseline_train.png")
+    text = open_page(page, study_server, f"/assets/{RECONSTRUCTION}?view=partitions&partition={quote(key, safe='')}", key, "final_loss", "preview")
+    page.screenshot(path=study_server.kept / "04_reconstructed_partition_100000_baseline_train.png")
     assert RECONSTRUCTED in text.split("\n")
 
 
-def test_checks_tab_lists_six_warnings_and_twelve_passes(ui_study, page):
-    open_page(page, ui_study, f"/assets/{RECONSTRUCTION}?view=checks", INPUT_CHECK, "Execution history")
-    page.screenshot(path=ui_study.shots / "05_input_check_overview.png")
+def test_checks_tab_lists_six_warnings_and_twelve_passes(study_server, page):
+    open_page(page, study_server, f"/assets/{RECONSTRUCTION}?view=checks", INPUT_CHECK, "Execution history")
+    page.screenshot(path=study_server.kept / "05_input_check_overview.png")
     execution_history = page.get_by_text("Execution history", exact=True)
     expect(execution_history).to_be_visible()
     execution_history.click()
     text = wait_for_text(page, "DATA-001 satisfied", SKIP_REASON)
-    page.screenshot(path=ui_study.shots / "06_input_check_history.png", full_page=True)
+    page.screenshot(path=study_server.kept / "06_input_check_history.png", full_page=True)
     assert text.count(SKIP_REASON) == 6, text
     assert text.count("DATA-001 satisfied") == 12, text
 
 
-def test_study_report_page_renders_its_images(ui_study, page):
-    open_page(page, ui_study, "/assets/study_report", "headline", "[Show Markdown]")
-    page.screenshot(path=ui_study.shots / "07_study_report.png")
+def test_study_report_page_renders_its_images(study_server, page):
+    open_page(page, study_server, "/assets/study_report", "headline", "[Show Markdown]")
+    page.screenshot(path=study_server.kept / "07_study_report.png")
     show_markdown = page.get_by_text("[Show Markdown]", exact=True)
     expect(show_markdown).to_be_visible()
     show_markdown.click()
@@ -269,9 +250,9 @@ def test_study_report_page_renders_its_images(ui_study, page):
     assert {"metrics_vs_dose.png", "resolution_vs_dose.png", "phase_grid.png"} <= set(by_name), images
     assert all(image["width"] > 100 and image["height"] > 100 and image["shown"] > 100 for image in by_name.values()), images
     page.locator('img[alt="metrics_vs_dose.png"]').evaluate("image => image.scrollIntoView({block: 'center'})")
-    page.screenshot(path=ui_study.shots / "08_study_report_markdown.png")
+    page.screenshot(path=study_server.kept / "08_study_report_markdown.png")
     page.locator('img[alt="phase_grid.png"]').evaluate("image => image.scrollIntoView({block: 'center'})")
-    page.screenshot(path=ui_study.shots / "09_study_report_phase_grid.png")
+    page.screenshot(path=study_server.kept / "09_study_report_phase_grid.png")
     text = visible_text(page)
     assert text.count(SKIP_REASON) == 6, "the report's table lists each skipped job with its reason"
 
@@ -279,7 +260,7 @@ def test_study_report_page_renders_its_images(ui_study, page):
     # skipped job says its reason once across its row.
     report_page = page.context.browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
-        report_page.goto((ui_study.root / "artifacts" / "report" / "study_report.html").as_uri(), wait_until="load")
+        report_page.goto((study_server.root / "artifacts" / "report" / "study_report.html").as_uri(), wait_until="load")
         report_page.wait_for_function(f"({DECODED_REPORT_IMAGES}) >= 3", timeout=60_000)
         assert report_page.locator(".lead p").first.inner_text().startswith("Over the train and test splits")
         rows = report_page.evaluate(
@@ -292,6 +273,6 @@ def test_study_report_page_renders_its_images(ui_study, page):
         skipped = report_page.locator("#quality-per-job tr.unscored td[colspan]").all_inner_texts()
         assert len(skipped) == 6 and all(SKIP_REASON in reason for reason in skipped), skipped
         assert report_page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
-        report_page.screenshot(path=ui_study.shots / "10_study_report_file.png", full_page=True)
+        report_page.screenshot(path=study_server.kept / "10_study_report_file.png", full_page=True)
     finally:
         report_page.close()
