@@ -3,9 +3,12 @@ test keeps what a person may want to look at afterwards, a free port, and a run'
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import pwd
 import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 from dagster import AssetKey
@@ -53,9 +56,6 @@ def call_as_plain_user(function, *args):
     Call it once as root first where the function imports lazily (the interpreter's own files are root's)."""
     if os.geteuid() != 0:
         return function(*args)
-    import multiprocessing
-    import pwd
-
     nobody = pwd.getpwnam("nobody")
     context = multiprocessing.get_context("fork")
     results = context.SimpleQueue()
@@ -76,8 +76,6 @@ def call_as_plain_user(function, *args):
 def world_traversable_folder(prefix: str) -> Path:
     """A new folder that ``nobody`` can enter (pytest's own folders are private to their owner); the caller
     removes it."""
-    import tempfile
-
     folder = Path(tempfile.mkdtemp(prefix=prefix))
     folder.chmod(0o755)
     return folder
