@@ -108,11 +108,64 @@ def test_phase_offset_does_not_change_any_metric(truth):
     assert exact.phase_mae < 1e-9
 
 
-def test_compare_to_truth_with_phase_plane(truth):
+def test_a_phase_ramp_of_the_reconstruction_is_not_an_error_and_is_recorded(truth):
+    """The fair score (the default) removes the linear phase ramp of the difference, one of ptychography's
+    ambiguities, and records its slopes; ``phase_plane=False`` is the older, offset-only score."""
     yy, xx = np.indices(truth.shape)
     tilted = truth * np.exp(1j * (0.02 * yy + 0.01 * xx))
-    assert compare_to_truth(tilted, truth, (0, 0), FULL_BOX).phase_mae > 0.3
-    assert compare_to_truth(tilted, truth, (0, 0), FULL_BOX, phase_plane=True).phase_mae < 1e-6
+    fair = compare_to_truth(tilted, truth, (0, 0), FULL_BOX)
+    assert fair.phase_mae < 1e-6 and fair.phase_ssim > 0.999
+    assert (fair.phase_ramp_y, fair.phase_ramp_x) == pytest.approx((0.02, 0.01), abs=1e-6)
+    assert fair.as_dict()["phase_ramp_y"] == pytest.approx(0.02, abs=1e-6)
+    old = compare_to_truth(tilted, truth, (0, 0), FULL_BOX, phase_plane=False)
+    assert old.phase_mae > 0.3
+    assert (old.phase_ramp_y, old.phase_ramp_x) == (0.0, 0.0)
+
+
+def bump(shape: tuple[int, int], centre: tuple[float, float], sigma: float, height: float) -> np.ndarray:
+    yy, xx = np.indices(shape)
+    return height * np.exp(-((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) / (2 * sigma**2))
+
+
+@pytest.mark.parametrize("centre", [(30, 90), (64, 64), (110, 15)])
+def test_a_localized_phase_error_stays_an_error(truth, centre):
+    """A wrong feature off the box's centre must not be tilted away: the plane is fitted by least absolute
+    deviations, so the fair score of a 0.8 rad bump equals the offset-only score, with or without a ramp on top."""
+    yy, xx = np.indices(truth.shape)
+    error = bump(truth.shape, centre, 6.0, 0.8)
+    offset_only = compare_to_truth(truth * np.exp(1j * error), truth, (0, 0), FULL_BOX, phase_plane=False)
+    fair = compare_to_truth(truth * np.exp(1j * error), truth, (0, 0), FULL_BOX)
+    tilted = compare_to_truth(truth * np.exp(1j * (error + 0.03 * yy - 0.02 * xx)), truth, (0, 0), FULL_BOX)
+    assert offset_only.phase_mae > 0.01
+    assert fair.phase_mae == pytest.approx(offset_only.phase_mae, rel=0.02)
+    assert tilted.phase_mae == pytest.approx(offset_only.phase_mae, rel=0.02)
+    assert abs(fair.phase_ramp_y) < 1e-4 and abs(fair.phase_ramp_x) < 1e-4
+    assert (tilted.phase_ramp_y, tilted.phase_ramp_x) == pytest.approx((0.03, -0.02), abs=1e-4)
+
+
+def test_the_ramp_fitted_is_the_differences_not_the_truths(truth):
+    """A truth with a steep ramp of its own (a wedge) is scored like any other: a reconstruction that reproduces
+    it scores perfect with no ramp removed, and a real error on top of it costs what it costs on a flat truth."""
+    yy, xx = np.indices(truth.shape)
+    wedge = truth * np.exp(1j * (0.08 * yy - 0.05 * xx))  # 10 rad across the box: it wraps
+    same = compare_to_truth(wedge, wedge, (0, 0), FULL_BOX)
+    assert same.phase_mae < 1e-9
+    assert abs(same.phase_ramp_y) < 1e-9 and abs(same.phase_ramp_x) < 1e-9
+    error = np.exp(1j * bump(truth.shape, (40, 40), 5.0, 1.0))
+    on_wedge = compare_to_truth(wedge * error, wedge, (0, 0), FULL_BOX)
+    on_flat = compare_to_truth(truth * error, truth, (0, 0), FULL_BOX)
+    assert on_wedge.phase_mae == pytest.approx(on_flat.phase_mae, rel=1e-6)
+    assert on_wedge.phase_mae > 0.01
+
+
+def test_noise_with_a_ramp_scores_like_the_noise_alone(truth):
+    yy, xx = np.indices(truth.shape)
+    noisy = truth + complex_noise(truth.shape, 0.1, 3)
+    alone = compare_to_truth(noisy, truth, (0, 0), FULL_BOX, phase_plane=False)
+    with_ramp = compare_to_truth(noisy * np.exp(1j * (-0.015 * yy + 0.004 * xx)), truth, (0, 0), FULL_BOX)
+    assert with_ramp.phase_mae == pytest.approx(alone.phase_mae, rel=0.01)
+    assert with_ramp.amplitude_mae == pytest.approx(alone.amplitude_mae, rel=0.01)
+    assert (with_ramp.phase_ramp_y, with_ramp.phase_ramp_x) == pytest.approx((-0.015, 0.004), abs=5e-4)
 
 
 # --- metrics on known cases ---------------------------------------------------------------------

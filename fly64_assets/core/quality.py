@@ -1,9 +1,17 @@
 """Reconstruction quality against the ground-truth object (see the spec, "Quality").
 
 A reconstruction is scored only after the ambiguities ptychography cannot resolve have been removed:
-a sub-pixel translation (registration by cross-correlation) and a global phase offset (optionally a
-phase plane). Phases are always compared through the wrapped difference
-``angle(recon * conj(truth))`` so that a 2π wrap is never counted as an error.
+a sub-pixel translation (registration by cross-correlation), a global amplitude factor, a global phase
+offset and a linear phase ramp. The ramp is one of ptychography's known ambiguities (a linear phase of
+the object trades with a shift of the probe's far field), so the data do not hold it and a reconstruction
+that carries one is not wrong: the ramp *of the difference* ``recon * conj(truth)`` is fitted and
+removed (``phase_plane=True``, the default since issue 20; ``phase_plane=False`` gives the older score,
+offset only). A ramp in the truth itself is not touched (only the difference's ramp is fitted), and
+a localized error stays an error: the plane is fitted by least absolute deviations (the L1 norm the phase
+MAE measures), so a bump over part of the box does not tilt it. The ramp removed is recorded
+(``QualityMetrics.phase_ramp_y`` / ``phase_ramp_x``, rad per truth pixel). Phases are always compared
+through the wrapped difference ``angle(recon * conj(truth))`` so that a 2π wrap is never counted as an
+error.
 
 Frame convention (set by the reconstruction module): ``recon[i, j]`` sits on
 ``truth[y0 + i, x0 + j]`` with ``origin_yx = (y0, x0)`` in truth pixels;
@@ -51,10 +59,16 @@ class QualityMetrics:
     frc_resolution_fraction: float
     """Spatial frequency, as a fraction of Nyquist, where the FRC first drops below 1/7."""
     shift_yx: tuple[float, float]
+    phase_ramp_y: float | None = None
+    """The linear phase ramp removed before scoring, rad per truth pixel along y: the reconstruction's phase
+    minus the truth's had this slope (not an error; a diagnostic). 0.0 when the score removed no ramp
+    (``phase_plane=False``), None when the caller of ``score`` did not pass the alignment's ramp."""
+    phase_ramp_x: float | None = None
+    """The same along x."""
 
     def as_dict(self) -> dict:
         """Plain floats (and a two-float list for the shift), ready for JSON."""
-        out = {key: float(value) for key, value in asdict(self).items() if key != "shift_yx"}
+        out = {key: None if value is None else float(value) for key, value in asdict(self).items() if key != "shift_yx"}
         out["shift_yx"] = [float(v) for v in self.shift_yx]
         return out
 
@@ -114,6 +128,19 @@ def remove_phase_offset(
     return aligned * np.exp(1j * offset)
 
 
+def phase_ramp(moving: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """(gy, gx), rad per pixel: the linear phase ramp of ``moving * conj(reference)`` (what
+    ``remove_phase_offset(..., plane=True)`` takes away from ``moving``)."""
+    return _slopes(-_phase_plane(moving, reference))
+
+
+def _slopes(plane: np.ndarray) -> tuple[float, float]:
+    """(d/dy, d/dx) of a plane sampled on the pixel grid."""
+    gy = float(plane[1, 0] - plane[0, 0]) if plane.shape[0] > 1 else 0.0
+    gx = float(plane[0, 1] - plane[0, 0]) if plane.shape[1] > 1 else 0.0
+    return gy, gx
+
+
 def amplitude_gain(moving: np.ndarray, reference: np.ndarray) -> float:
     """Least-squares real factor matching ``|moving|`` to ``|reference|``.
 
@@ -124,24 +151,40 @@ def amplitude_gain(moving: np.ndarray, reference: np.ndarray) -> float:
     return float(np.sum(np.abs(moving) * np.abs(reference))) / power if power > 0 else 1.0
 
 
+PLANE_L1_ITERATIONS = 30
+"""Iteratively reweighted least squares steps of the plane's least-absolute-deviations refinement."""
+
+
 def _phase_plane(moving: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Phase ramp (no constant term) that, added to ``moving``, best matches ``reference``.
 
     A coarse gradient comes from the amplitude-weighted circular mean of neighbour phase steps of
-    ``reference * conj(moving)`` (valid even where the ramp wraps); an amplitude-weighted
-    least-squares plane fitted to the remaining, unwrapped-small residual refines it.
+    ``reference * conj(moving)`` (valid even where the ramp wraps); a plane fitted to the remaining,
+    unwrapped-small residual refines it, by amplitude-weighted least absolute deviations
+    (iteratively reweighted least squares): like the phase MAE it scores, the fit follows the bulk of the
+    box, so an error confined to part of it (a wrong feature, a noisy corner) is not tilted away.
     """
     diff = reference * np.conj(moving)
     gy = np.angle(np.vdot(diff[:-1, :], diff[1:, :]))
     gx = np.angle(np.vdot(diff[:, :-1], diff[:, 1:]))
     yy, xx = np.indices(diff.shape, dtype=float)
     coarse = gy * yy + gx * xx
-    residual = np.angle(diff * np.exp(-1j * coarse))
-    weight = np.sqrt(np.abs(diff)).ravel()
-    design = np.column_stack([np.ones(diff.size), yy.ravel(), xx.ravel()])
-    (_, by, bx), *_ = np.linalg.lstsq(
-        design * weight[:, None], residual.ravel() * weight, rcond=None
-    )
+    residual = np.angle(diff * np.exp(-1j * coarse)).ravel()
+    amplitude_weight = np.sqrt(np.abs(diff)).ravel()
+    # centred coordinates keep the normal equations well conditioned
+    design = np.column_stack([np.ones(diff.size), yy.ravel() - yy.mean(), xx.ravel() - xx.mean()])
+    weight = amplitude_weight
+    coefficients = np.zeros(3)
+    for _ in range(PLANE_L1_ITERATIONS + 1):
+        weighted = design * weight[:, None]
+        new = np.linalg.solve(weighted.T @ design, weighted.T @ residual)
+        converged = np.max(np.abs(new - coefficients)) < 1e-10
+        coefficients = new
+        if converged:
+            break
+        misfit = np.abs(np.angle(np.exp(1j * (residual - design @ coefficients))))
+        weight = amplitude_weight / np.maximum(misfit, 1e-6)
+    _, by, bx = coefficients
     return coarse + by * yy + bx * xx
 
 
@@ -200,6 +243,8 @@ class Alignment:
     """The truth over the same box."""
     shift_yx: tuple[float, float]
     """True origin = nominal origin + shift (truth pixels)."""
+    phase_ramp_yx: tuple[float, float] = (0.0, 0.0)
+    """The linear phase ramp (rad per pixel) removed from the reconstruction's difference to the truth."""
 
 
 def align_to_truth(
@@ -207,11 +252,12 @@ def align_to_truth(
     truth: np.ndarray,
     origin_yx: tuple[float, float],
     scan_box: tuple[float, float, float, float],
-    phase_plane: bool = False,
+    phase_plane: bool = True,
 ) -> Alignment:
     """Cut out the overlap at the rounded origin, register on the scan box, shift the whole overlap (so
     the periodic wrap of the Fourier shift stays in the margin outside the box where there is one),
-    then remove the global phase offset (and plane) and the global amplitude factor on the box.
+    then remove the linear phase ramp of the difference (``phase_plane``, the default), the global phase
+    offset and the global amplitude factor on the box.
     """
     oy, ox = round(origin_yx[0]), round(origin_yx[1])
     y_lo, y_hi = max(0, oy), min(truth.shape[0], oy + recon.shape[0])
@@ -234,17 +280,30 @@ def align_to_truth(
     if phase_plane:  # a steep ramp would bias the complex correlation: flatten it first
         moving = remove_phase_offset(moving, truth_box, plane=True)
     _, shift = register(moving, truth_box)
-    recon_box = remove_phase_offset(shift_image(recon_ov, shift)[box], truth_box, plane=phase_plane)
+    shifted = shift_image(recon_ov, shift)[box]
+    ramp = (0.0, 0.0)
+    if phase_plane:
+        plane = _phase_plane(shifted, truth_box)
+        shifted = shifted * np.exp(1j * plane)
+        ramp = _slopes(-plane)
+    recon_box = remove_phase_offset(shifted, truth_box)
     recon_box = recon_box * amplitude_gain(recon_box, truth_box)
     return Alignment(
         recon=recon_box,
         truth=truth_box,
         shift_yx=(float(shift[0] - (origin_yx[0] - oy)), float(shift[1] - (origin_yx[1] - ox))),
+        phase_ramp_yx=ramp,
     )
 
 
-def score(recon_box: np.ndarray, truth_box: np.ndarray, shift_yx: tuple[float, float] = (0.0, 0.0)) -> QualityMetrics:
-    """Amplitude and phase MAE, PSNR and SSIM, and the FRC of the complex fields, on aligned boxes.
+def score(
+    recon_box: np.ndarray,
+    truth_box: np.ndarray,
+    shift_yx: tuple[float, float] = (0.0, 0.0),
+    phase_ramp_yx: tuple[float, float] | None = None,
+) -> QualityMetrics:
+    """Amplitude and phase MAE, PSNR and SSIM, and the FRC of the complex fields, on aligned boxes
+    (``shift_yx`` and ``phase_ramp_yx`` are the alignment's, recorded as they are).
 
     A truth phase that wraps inside the box is compared on its own branch (recon phase = truth phase
     + wrapped difference), so wraps cost nothing.
@@ -266,6 +325,8 @@ def score(recon_box: np.ndarray, truth_box: np.ndarray, shift_yx: tuple[float, f
         frc_resolution_px=2.0 / fraction,
         frc_resolution_fraction=fraction,
         shift_yx=shift_yx,
+        phase_ramp_y=None if phase_ramp_yx is None else float(phase_ramp_yx[0]),
+        phase_ramp_x=None if phase_ramp_yx is None else float(phase_ramp_yx[1]),
     )
 
 
@@ -274,8 +335,9 @@ def compare_to_truth(
     truth: np.ndarray,
     origin_yx: tuple[float, float],
     scan_box: tuple[float, float, float, float],
-    phase_plane: bool = False,
+    phase_plane: bool = True,
 ) -> QualityMetrics:
-    """Score ``recon`` against ``truth`` over ``scan_box`` (pixels whose centres lie inside it)."""
+    """Score ``recon`` against ``truth`` over ``scan_box`` (pixels whose centres lie inside it), the linear
+    phase ramp of the difference removed unless ``phase_plane=False``."""
     aligned = align_to_truth(recon, truth, origin_yx, scan_box, phase_plane)
-    return score(aligned.recon, aligned.truth, aligned.shift_yx)
+    return score(aligned.recon, aligned.truth, aligned.shift_yx, aligned.phase_ramp_yx)

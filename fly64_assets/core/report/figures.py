@@ -89,7 +89,7 @@ def phase_grid_png(
                 continue
             axis.imshow(np.asarray(panel, dtype=float), cmap="viridis", vmin=vmin, vmax=vmax)
     figure.colorbar(image, ax=axes.ravel().tolist(), fraction=0.025, pad=0.02, label="phase (rad)")
-    figure.suptitle(f"Object phase after registration and phase-offset removal ({split} split)", fontsize=13)
+    figure.suptitle(f"Object phase after registration and phase offset and ramp removal ({split} split)", fontsize=13)
     return png_bytes(figure)
 
 

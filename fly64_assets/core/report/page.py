@@ -43,7 +43,10 @@ CONVERGENCE_INTRO = (
     "those curves (mean of the two splits):"
 )
 PER_JOB_INTRO = (
-    "Metrics against the ground truth after registration and phase-offset removal; ↑ higher is better, "
+    "Metrics against the ground truth after registration and the removal of what ptychography cannot "
+    "determine: the global amplitude scale, the global phase offset and the linear phase ramp of the "
+    "reconstruction's difference to the truth (a ramp of the truth itself is kept; the ramp removed is in each "
+    "job's quality record as phase_ramp_y and phase_ramp_x, rad per pixel); ↑ higher is better, "
     "↓ lower is better. Every view of a split is scored on the area of the split's full (Phase C) scan; "
     "*area lit* is the share of it that the job's probes light (at ≥ 10 % of the probe's peak). "
     "A job that was not scored shows its status in bold and its reason."
