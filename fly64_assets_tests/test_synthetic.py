@@ -355,3 +355,76 @@ def test_acceptance_guard_decides_which_views_exist_and_stale_files_go(tmp_path)
     assert json.loads(sparse["_metadata"].item())["effective_min_acceptance"] == 0.0
     strict = synthetic.simulate_study(tmp_path, scale, min_acceptance=1.01)
     assert _files_under(tmp_path) == _expected_files(()) and len(strict["skipped"]) == 12
+
+
+# --- other kinds of data, for the benchmarks (issue 20) ---------------------------------------------------------
+
+
+def test_the_default_keywords_are_the_default_study():
+    """Naming the default family, probe and scan gives the very same arrays as not naming them."""
+    plain = synthetic.simulate_split("demo", 1000, "train")
+    named = synthetic.simulate_split("demo", 1000, "train", family="default", probe="focused", scan="raster")
+    assert plain.keys() == named.keys()
+    for key in plain:
+        assert plain[key].tobytes() == named[key].tobytes(), key
+
+
+@pytest.mark.parametrize("family", sorted(synthetic.OBJECT_FAMILIES))
+def test_every_object_family_follows_data_001_and_the_dose(family):
+    arrays = synthetic.simulate_split("demo", 10000, "train", family=family)
+    for key, dtype in DATA_001_DTYPES.items():
+        assert arrays[key].dtype == dtype, key
+    obj = arrays["objectGuess"]
+    assert obj.shape == (264, 264) and np.all(np.isfinite(obj))
+    assert 0.3 <= np.abs(obj).min() and np.abs(obj).max() <= 1.0 + 1e-6
+    assert np.ptp(np.angle(obj)) > 0.2  # every family has phase contrast
+    assert _counts(arrays).sum(axis=(1, 2)).mean() == pytest.approx(10000, rel=0.1)
+    again = synthetic.simulate_split("demo", 10000, "train", family=family)
+    assert again["objectGuess"].tobytes() == obj.tobytes()  # reproducible for a seed
+
+
+def test_object_families_differ_in_character():
+    size, seed = 264, 3
+    objects = {name: make(size, np.random.default_rng(seed)) for name, make in synthetic.OBJECT_FAMILIES.items()}
+    phases = {name: np.angle(obj) for name, obj in objects.items()}
+
+    def edge_share(phase):  # share of the phase's gradient energy in steps larger than 0.2 rad
+        steps = np.abs(np.diff(phase, axis=1)).ravel()
+        return np.sum(steps[steps > 0.2] ** 2) / np.sum(steps**2)
+
+    assert edge_share(phases["smooth"]) < 0.05 < edge_share(phases["discs"])
+    weak, strong, default = (np.ptp(phases[n]) for n in ("weak_phase", "strong_phase", "default"))
+    assert weak < 0.3 * default and strong > 2.5 * default
+
+
+@pytest.mark.parametrize("probe", sorted(synthetic.PROBES))
+@pytest.mark.parametrize("scan", sorted(synthetic.SCANS))
+def test_probes_and_scans_give_patterns_of_the_noise_free_model(probe, scan):
+    arrays = synthetic.simulate_split("demo", 100000, "test", probe=probe, scan=scan)
+    n = arrays["diffraction"].shape[0]
+    assert 60 <= n <= 140
+    assert np.sum(np.abs(arrays["probeGuess"]) ** 2) > 0
+    expected = synthetic.far_field_intensity(arrays["probeGuess"], arrays["objectGuess"], arrays["ycoords"], arrays["xcoords"])
+    assert _counts(arrays).sum() == pytest.approx(expected.sum(), rel=0.01)
+    starts = np.concatenate([arrays["ycoords"], arrays["xcoords"]]) - (PATTERN_SIZE - 1) / 2
+    assert np.all(starts == np.round(starts)) and starts.min() >= 0 and starts.max() + PATTERN_SIZE <= 264
+
+
+def test_the_aperture_probe_is_a_sharp_edged_spot_with_a_curved_phase():
+    probe = synthetic.make_aperture_probe()
+    assert np.sum(np.abs(probe) ** 2) == pytest.approx(1.0, rel=1e-5)
+    r = np.arange(PATTERN_SIZE) - (PATTERN_SIZE - 1) / 2
+    radius = np.hypot(r[:, None], r[None, :])
+    inside, outside = np.abs(probe[radius < 12]), np.abs(probe[radius > 22])
+    assert inside.min() > 0.9 * inside.max() and outside.max() < 0.01 * inside.max()
+    phase = np.angle(probe * np.conj(probe[31, 31]))
+    assert abs(phase[radius < 12].max() - phase[radius < 12].min()) > 1.5  # the curved wavefront
+
+
+def test_random_scan_is_not_a_raster_and_unknown_names_are_refused():
+    ys, xs = synthetic.random_scan_positions(synthetic.SCALES["demo"], np.random.default_rng(0))
+    assert ys.size == synthetic.SCALES["demo"].positions_per_side ** 2
+    assert np.unique(xs).size > 2 * synthetic.SCALES["demo"].positions_per_side
+    for keyword in ("family", "probe", "scan"):
+        with pytest.raises(ValueError, match="unknown"):
+            synthetic.simulate_split("demo", 1000, "train", **{keyword: "nope"})

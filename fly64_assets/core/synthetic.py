@@ -155,6 +155,123 @@ def make_object(size: int, rng: np.random.Generator) -> np.ndarray:
     return (amplitude * np.exp(1j * phase)).astype(np.complex64)
 
 
+# --------------------------------------------------------------------------------------------------
+# Other kinds of data, for benchmarks (bench/regularization_study.py --family/--probe/--scan): object
+# families, probes and scan patterns of a different character from the default study's. The default
+# study (``simulate_study`` with its defaults, ``simulate_split`` without these keywords) does not use them.
+# --------------------------------------------------------------------------------------------------
+
+
+def _unit(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image, dtype=float)
+    return (image - image.min()) / (image.max() - image.min())
+
+
+def _discs(size: int, rng: np.random.Generator, n: int, radius: tuple[float, float]) -> np.ndarray:
+    """Hard-edged discs of value 1 (overlaps stay 1), centres uniform over the object."""
+    yy, xx = np.mgrid[:size, :size]
+    out = np.zeros((size, size))
+    for _ in range(n):
+        cy, cx = rng.uniform(0, size, 2)
+        out[(yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(*radius) ** 2] = 1.0
+    return out
+
+
+def object_smooth(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A smooth random field (correlation lengths ~6 and ~16 px), phase within about +-1 rad, weak amplitude
+    (0.85-1) following it: no edges at all."""
+    field = 0.5 * _smooth_texture(size, 6.0, rng) + 0.5 * _smooth_texture(size, 16.0, rng)
+    phase = 2.0 * (_unit(field) - 0.5)
+    amplitude = 1.0 - 0.15 * _unit(_smooth_texture(size, 10.0, rng))
+    return (amplitude * np.exp(1j * phase)).astype(np.complex64)
+
+
+def object_discs(size: int, rng: np.random.Generator) -> np.ndarray:
+    """Sharp-edged discs (radius 3-14 px, about one per 40 x 40 px) of 0.8 rad phase and 0.8 amplitude on a weak
+    smooth random phase field (+-0.3 rad): the kind of object the independent simulation of issue 20 used."""
+    discs = _discs(size, rng, max(6, size * size // 1600), (3.0, 14.0))
+    background = 0.6 * (_unit(_smooth_texture(size, 12.0, rng)) - 0.5)
+    phase = background + 0.8 * discs
+    amplitude = 1.0 - 0.2 * discs
+    return (amplitude * np.exp(1j * phase)).astype(np.complex64)
+
+
+def object_natural(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A natural image: scikit-image's ``camera`` as phase (0 to 1.6 rad) and ``coins`` as amplitude (0.5-1),
+    each cut at a random place (rng) and resampled to ``size``; fine texture, edges and flat areas together."""
+    from skimage import data
+    from skimage.transform import resize
+
+    def cut(image: np.ndarray) -> np.ndarray:
+        side = min(image.shape)
+        y0, x0 = (int(rng.integers(0, image.shape[i] - side + 1)) for i in (0, 1))
+        return _unit(resize(image[y0 : y0 + side, x0 : x0 + side].astype(float), (size, size), anti_aliasing=True))
+
+    phase = 1.6 * cut(data.camera())
+    amplitude = 0.5 + 0.5 * cut(data.coins())
+    return (amplitude * np.exp(1j * phase)).astype(np.complex64)
+
+
+def object_weak_phase(size: int, rng: np.random.Generator) -> np.ndarray:
+    """The default object with its phase scaled to a fifth (within about +-0.15 rad), amplitude as is."""
+    obj = make_object(size, rng)
+    return (np.abs(obj) * np.exp(0.2j * np.angle(obj))).astype(np.complex64)
+
+
+def object_strong_phase(size: int, rng: np.random.Generator) -> np.ndarray:
+    """The default object with its phase tripled (within about +-2.1 rad at the demo scale), amplitude as is."""
+    obj = make_object(size, rng)
+    return (np.abs(obj) * np.exp(3j * np.angle(obj))).astype(np.complex64)
+
+
+OBJECT_FAMILIES = {
+    "default": make_object,
+    "smooth": object_smooth,
+    "discs": object_discs,
+    "natural": object_natural,
+    "weak_phase": object_weak_phase,
+    "strong_phase": object_strong_phase,
+}
+"""Object families by name: ``f(size, rng) -> complex64 (size, size)``; ``default`` is the study's."""
+
+PINHOLE_RADIUS_PX = 17.0
+"""Radius of the aperture-limited probe's pinhole (sample plane, pixels)."""
+PINHOLE_CURVATURE_RAD = 6.0
+"""Phase of the aperture-limited probe's curved wavefront at the pinhole's edge (quadratic)."""
+
+
+def make_aperture_probe(size: int = PATTERN_SIZE) -> np.ndarray:
+    """An aperture-limited probe of unit energy: a soft-edged circular pinhole in the sample plane (radius
+    ``PINHOLE_RADIUS_PX``) with a curved (quadratic) phase, centred on the window's centre ``(size - 1) / 2``.
+    Unlike the default focused probe it has a flat-topped, sharp-edged spot and a wide far field."""
+    r = np.arange(size) - (size - 1) / 2
+    radius = np.hypot(r[:, None], r[None, :])
+    amplitude = 0.5 * (1.0 - np.tanh((radius - PINHOLE_RADIUS_PX) / 1.5))
+    phase = PINHOLE_CURVATURE_RAD * (radius / PINHOLE_RADIUS_PX) ** 2
+    probe = amplitude * np.exp(1j * phase)
+    return (probe / np.sqrt(np.sum(np.abs(probe) ** 2))).astype(np.complex64)
+
+
+PROBES = {"focused": make_probe, "aperture": make_aperture_probe}
+"""Probes by name: ``f() -> complex64 (64, 64)`` of unit energy; ``focused`` is the study's."""
+
+
+def random_scan_positions(scale: Scale, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """As many probe centres as ``scan_positions``' raster, uniformly random (integer window starts) over the same
+    area: no periodicity, uneven overlap."""
+    n = scale.positions_per_side
+    offset = (scale.object_size - PATTERN_SIZE - (n - 1) * scale.scan_step) // 2
+    low, high = offset - scale.jitter, offset + (n - 1) * scale.scan_step + scale.jitter
+    starts_y, starts_x = rng.integers(low, high + 1, (2, n * n))
+    centre = (PATTERN_SIZE - 1) / 2
+    order = np.lexsort((starts_x, starts_y))  # row by row, like the raster
+    return starts_y[order] + centre, starts_x[order] + centre
+
+
+SCANS = {"raster": None, "random": random_scan_positions}
+"""Scan patterns by name; ``raster`` (the study's jittered raster) is ``scan_positions``."""
+
+
 def scan_positions(scale: Scale, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Probe centres (ycoords, xcoords) of a jittered square raster, row by row, every window inside the object."""
     n = scale.positions_per_side
@@ -232,11 +349,17 @@ class _Scene:
     probe: np.ndarray
 
 
-def _make_scene(scale: str | Scale, seed: int) -> _Scene:
+def _make_scene(
+    scale: str | Scale, seed: int, family: str = "default", probe: str = "focused", scan: str = "raster"
+) -> _Scene:
     scale = SCALES[scale] if isinstance(scale, str) else scale
-    obj = make_object(scale.object_size, _rng(seed, _OBJECT_STREAM))
-    ycoords, xcoords = scan_positions(scale, _rng(seed, _SCAN_STREAM))
-    return _Scene(scale, seed, obj, ycoords, xcoords, make_probe())
+    for kind, name, known in (("object family", family, OBJECT_FAMILIES), ("probe", probe, PROBES), ("scan", scan, SCANS)):
+        if name not in known:
+            raise ValueError(f"unknown {kind} {name!r}: expected one of {sorted(known)}")
+    obj = OBJECT_FAMILIES[family](scale.object_size, _rng(seed, _OBJECT_STREAM))
+    positions = SCANS[scan] or scan_positions
+    ycoords, xcoords = positions(scale, _rng(seed, _SCAN_STREAM))
+    return _Scene(scale, seed, obj, ycoords, xcoords, PROBES[probe]())
 
 
 def _simulate(scene: _Scene, dose: int, split: str) -> dict[str, np.ndarray]:
@@ -256,11 +379,22 @@ def _simulate(scene: _Scene, dose: int, split: str) -> dict[str, np.ndarray]:
     }
 
 
-def simulate_split(scale: str | Scale, dose: int, split: str, seed: int = SIMULATION_SEED) -> dict[str, np.ndarray]:
-    """The Phase C arrays (DATA-001 keys, no ``_metadata``) of one split at one dose."""
+def simulate_split(
+    scale: str | Scale,
+    dose: int,
+    split: str,
+    seed: int = SIMULATION_SEED,
+    *,
+    family: str = "default",
+    probe: str = "focused",
+    scan: str = "raster",
+) -> dict[str, np.ndarray]:
+    """The Phase C arrays (DATA-001 keys, no ``_metadata``) of one split at one dose; ``family``, ``probe`` and
+    ``scan`` pick other kinds of data (``OBJECT_FAMILIES``, ``PROBES``, ``SCANS``) for benchmarks, the study's
+    by default."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: expected one of {list(SPLITS)}")
-    return _simulate(_make_scene(scale, seed), dose, split)
+    return _simulate(_make_scene(scale, seed, family, probe, scan), dose, split)
 
 
 def _metadata(facts: dict) -> np.ndarray:
