@@ -17,8 +17,13 @@ from fly64_assets.core.options import ReconstructionOptions, Regularization
 from fly64_assets.core.quality import compare_to_truth
 from fly64_assets.core.regularization import (
     CANDIDATES,
+    CLEAR,
+    FLAT,
     CandidateScore,
     candidate_epochs_for,
+    choice_evidence,
+    deviance_spread,
+    expected_poisson_deviance,
     choose_and_reconstruct,
     held_out_coverage,
     holdout_mask,
@@ -185,6 +190,29 @@ def test_the_rule_keeps_the_least_regularized_weight_within_one_standard_error_o
     # A clearly better weight is kept even though it is the most regularized.
     clear = [_score(0.0, list(base + 0.02 + wobble)), _score(0.1, list(base))]
     assert one_standard_error_rule(clear)[:2] == (1, 1)
+
+
+def test_a_choice_says_when_its_evidence_is_flat():
+    """Flat: every candidate within one standard error of the lowest (the held-out patterns cannot tell the weights
+    apart, the rule then keeps the least regularized by default); clear: some weight was shown worse."""
+    base = 0.3 + 0.05 * np.random.default_rng(0).standard_normal(13)
+    wobble = 0.002 * np.array([0] + [1, -1] * 6)
+    flat = [_score(0.0, list(base + 0.0002 + wobble)), _score(0.03, list(base + 0.0001 - wobble)), _score(0.1, list(base))]
+    chosen, lowest, compared = one_standard_error_rule(flat)
+    assert chosen == 0 and choice_evidence(compared, chosen, lowest) == FLAT
+    assert deviance_spread(compared) == pytest.approx(0.0002 / np.mean(base), rel=1e-6)
+    clear = [_score(0.0, list(base + 0.02 + wobble)), _score(0.03, list(base + 0.0003 + wobble)), _score(0.1, list(base))]
+    chosen, lowest, compared = one_standard_error_rule(clear)
+    assert chosen == 1 and choice_evidence(compared, chosen, lowest) == CLEAR
+
+
+@pytest.mark.parametrize("mu", [0.02, 0.25, 1.0, 3.0, 40.0, 2e4])
+def test_the_expected_poisson_deviance_is_what_poisson_noise_gives(mu):
+    """The discrepancy principle's noise level: the mean deviance of Poisson counts against their own mean."""
+    counts = np.random.default_rng(1).poisson(mu, (1, 400, 500)).astype(float)
+    measured = pattern_deviances(counts, np.full(counts.shape, mu))[0]
+    assert expected_poisson_deviance(np.array([mu]))[0] == pytest.approx(measured, rel=0.02)
+    assert expected_poisson_deviance(np.full((2, 3), mu)).shape == (2, 3)
 
 
 def test_without_overlap_or_with_one_candidate_nothing_is_chosen():

@@ -127,6 +127,26 @@ def test_the_headline_names_the_weights_chosen_per_dose():
     assert line.replace(clause, "") == headline(tables.quality_rows(hand_made_records()))  # otherwise unchanged
 
 
+def test_a_flat_choice_is_marked_as_such_in_the_table_the_method_and_the_headline():
+    """Issue 20: a choice whose held-out scores could not tell the weights apart says so, and the headline does not
+    present it as a weight the data chose; records without the verdict (older ones) read as before."""
+    records = auto_records()
+    for record in records:
+        if (record["dose"], record["view"]) == (100000, "baseline"):
+            record["regularization_choice"]["evidence"] = "flat"
+        elif record.get("regularization_choice", {}).get("candidates"):
+            record["regularization_choice"]["evidence"] = "clear"
+    text = regularization_markdown(records)
+    assert "| 1e5 | baseline | test | 0.01 (flat evidence) | 0.3904 |" in text
+    assert "| 1e3 | baseline | train | 0.3 | 0.2757 |" in text
+    assert "*flat evidence*: every candidate scored within one standard error of the lowest" in text
+    rows = tables.quality_rows(records)
+    assert method_of(rows, 100000, "baseline", "train") == ("auto → TV 0.01 (flat evidence)", 0.01)
+    assert method_of(rows, 1000, "baseline", "train") == ("auto → TV 0.3", 0.3)
+    assert "0.3 at 1e3, 0.1/0.3 at 1e4, 0.01 (flat evidence) at 1e5." in headline(rows)
+    assert "flat" not in regularization_markdown(auto_records())
+
+
 def test_without_auto_the_section_says_which_method_ran():
     records = hand_made_records()
     for record in records:

@@ -29,6 +29,18 @@ REGULARIZATION_INTRO = (
 )
 
 
+FLAT = "flat"
+"""``RegularizationChoice.evidence`` when every candidate scored within one standard error of the lowest."""
+FLAT_TEXT = "flat evidence"
+"""How a flat choice is marked in the method column, the choice table and the headline."""
+FLAT_NOTE = (
+    "*flat evidence*: every candidate scored within one standard error of the lowest, so the held-out patterns "
+    "could not tell the weights apart and the rule kept the least regularized of them by default; such a choice "
+    "shows no benefit (or harm) of regularization that the data support."
+)
+"""Said under the choice table when some choice there was flat (records older than the verdict carry none)."""
+
+
 def regularization_text(record: dict) -> str | None:
     """How a scored job was regularized, in a few words: ``"auto → TV 0.3"``, ``"auto → off (held-out coverage
     0.08 < 0.5)"`` (auto could not choose: why), ``"off"`` or ``"fixed TV 0.1"``. None for a record that does not
@@ -41,6 +53,8 @@ def regularization_text(record: dict) -> str | None:
         return used if weight == 0 else f"fixed {used}"
     choice = record.get("regularization_choice") or {}
     why = "" if choice.get("candidates") else f" ({_no_choice_note(choice).split(':')[0]})"
+    if choice.get("candidates") and choice.get("evidence") == FLAT:
+        why = f" ({FLAT_TEXT})"
     return f"{_AUTO_TEXT}{used}{why}"
 
 
@@ -77,7 +91,8 @@ def _choice_table(records: list[dict]) -> str:
         choice = record["regularization_choice"]
         by_weight = {c["tv_weight"]: _deviance_cell(c, choice) for c in choice["candidates"]}
         cells = [
-            dose_label(int(record["dose"])), record["view"], record["split"], f"{choice['chosen_tv_weight']:g}",
+            dose_label(int(record["dose"])), record["view"], record["split"],
+            f"{choice['chosen_tv_weight']:g}" + (f" ({FLAT_TEXT})" if choice.get("evidence") == FLAT else ""),
             *(by_weight.get(w, "") for w in weights),
             f"{choice['n_held_out']}/{choice['n_patterns']}", f"{choice['held_out_coverage']:.2f}", f"{choice['cost_factor']:.2f}×",
         ]
@@ -108,6 +123,8 @@ def regularization_markdown(records: list[dict]) -> str:
         return f"No reconstruction asked for auto; they ran with: {_methods_text(scored)}."
     chosen = [r for r in auto if (r.get("regularization_choice") or {}).get("candidates")]
     blocks = [_choice_table(chosen)] if chosen else []
+    if any(r["regularization_choice"].get("evidence") == FLAT for r in chosen):
+        blocks.append(FLAT_NOTE)
     unchosen = [r for r in auto if r not in chosen]
     if unchosen:
         blocks.append("Auto could not choose a weight for:")
@@ -124,7 +141,8 @@ def chosen_weights_text(rows: list[dict], view: str) -> str:
     parts = []
     for dose in DOSES:
         weights = [
-            f"{row['tv_weight']:g}" for row in rows  # rows are in split order
+            f"{row['tv_weight']:g}" + (f" ({FLAT_TEXT})" if row["regularization"].endswith(f"({FLAT_TEXT})") else "")
+            for row in rows  # rows are in split order
             if (row["dose"], row["view"]) == (dose, view) and (row["regularization"] or "").startswith(_AUTO_TEXT)
         ]
         if weights:
