@@ -55,8 +55,8 @@ def main(paths: list[str]) -> None:
             rows.append(row)
     names = list(rules(rows[0]))
     print("| family | probe, scan | ep | dose | split | none | truth-best w: MAE | 1se: w (evidence) | 1se vs none | "
-          "1se vs best | lowest w | discrepancy w | best epoch of 1se w: MAE |")
-    print("|" + "---|" * 13)
+          "1se vs best | lowest w | discrepancy w | best epoch of 1se w: MAE | truth-best (w, epoch): MAE |")
+    print("|" + "---|" * 14)
     tally = {name: [0, 0] for name in names}
     for row in rows:
         fixed = row["fixed"]
@@ -70,6 +70,11 @@ def main(paths: list[str]) -> None:
         if curve["epochs"]:
             i = min(range(len(curve["epochs"])), key=lambda k: curve["phase_mae"][k])
             epoch_cell = f"{curve['epochs'][i]}: {curve['phase_mae'][i]:.4f}"
+        joint = [(v, TV[w], e) for w in WEIGHTS for e, v in zip((fixed[w].get("curve") or {}).get("epochs", []),
+                                                                (fixed[w].get("curve") or {}).get("phase_mae", []))]
+        if joint:
+            v, w, e = min(joint)
+            epoch_cell += f" | {w:g} at {e}: {v:.4f}"
         for name in names:
             tally[name][0] += meets(row["dose"], fixed[chosen[name]]["phase_mae"], none, best)
             tally[name][1] += 1
