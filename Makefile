@@ -39,4 +39,4 @@ test: install $(PTYCHODUS_SITE)/.installed
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 ui: install $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster dev -w workspace.yaml --host 127.0.0.1 --port 3000
+	$(BIN)/fly64 ui --port 3000

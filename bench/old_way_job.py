@@ -7,6 +7,7 @@ amplitude squared, positions zero-centred on their mean, object started from one
 
 import argparse
 import time
+from datetime import datetime, timezone
 
 import numpy as np
 import ptychi.api as api
@@ -38,7 +39,7 @@ def main() -> None:
     options.reconstructor_options.default_device = api.Devices.GPU if torch.cuda.is_available() else api.Devices.CPU
     options.probe_position_options.optimizable = False
 
-    started = time.perf_counter()
+    started, started_utc = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     task = PtychographyTask(
         options,
         diffraction_data=intensities,
@@ -55,6 +56,8 @@ def main() -> None:
         reconstructed_probe=task.get_data_to_cpu("probe", as_numpy=True)[0],
         object_origin_yx=np.array([mean_y - origin[0], mean_x - origin[1]]),
         wall_time_s=np.array(time.perf_counter() - started),
+        started_utc=np.array(started_utc),
+        ended_utc=np.array(datetime.now(timezone.utc).isoformat(timespec="milliseconds")),
     )
 
 

@@ -23,8 +23,7 @@ from fly64_assets.core.contract import check_file
 from fly64_assets.core.options import ReconstructionOptions
 from fly64_assets.core.synthetic import DEFAULT_SCALE, SCALES, simulate_study, simulated_scale
 from fly64_assets.defs.resources import StudyPaths, default_data_dir, synthetic_root
-from fly64_assets.lib.cluster_preflight import check_dask_setup
-from fly64_assets.lib.executor import DASK, dask_cluster_from_env, executor_name
+from fly64_assets.defs.compute import DASK_WORKERS_ENV, StudyCompute
 from fly64_assets.lib.progress import progress_for
 from fly64_assets.core.design import ALL_DATASETS, DOSES, SIMULATION_SEED, SPLITS, VIEWS, Dataset, select_datasets
 
@@ -70,15 +69,19 @@ def _add_reconstruction(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, choices=choices, default=info.default.value, help=help_text)
         else:
             parser.add_argument(flag, type=int if name != "device" else str, default=info.default, help=help_text)
-    for retired in ("--workers", "--max-concurrent-runs"):
-        parser.add_argument(retired, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--workers", type=int, default=None,
+        help=f"a local dask cluster of this many worker processes for the run (0: none, in this process; default "
+        f"{DASK_WORKERS_ENV}, else sized to the machine); ignored when FLY64_DASK_SCHEDULER names a running one",
+    )
+    parser.add_argument("--max-concurrent-runs", help=argparse.SUPPRESS)
 
 
 def _options(args) -> ReconstructionOptions:
     """The reconstruction options from the flags; a value the model refuses is a usage error."""
-    if getattr(args, "workers", None) is not None or getattr(args, "max_concurrent_runs", None) is not None:
-        print("fly64: --workers and --max-concurrent-runs are no longer used and are ignored: how many runs and "
-              "reconstructions run at once is set in $DAGSTER_HOME/dagster.yaml (docs/PERFORMANCE.md)", file=sys.stderr)
+    if getattr(args, "max_concurrent_runs", None) is not None:
+        print("fly64: --max-concurrent-runs is no longer used and is ignored: the command's partitions are one run, "
+              "spread over the dask workers (--workers)", file=sys.stderr)
     try:
         return ReconstructionOptions(**{name: getattr(args, name) for name in ReconstructionOptions.model_fields})
     except ValidationError as error:
@@ -109,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="score every reconstruction against the truth and write the study report")
     _add_roots(report)
+
+    ui = commands.add_parser("ui", help="the Dagster UI with one warm dask cluster that every run shares (make ui)")
+    ui.add_argument("--port", type=int, default=3000, help="the UI's port on 127.0.0.1 (default 3000)")
+    ui.add_argument("--workers", type=int, default=None,
+                    help="worker processes (default: 8 per GPU, else one per core)")
 
     study = commands.add_parser("study", help="the whole default study: simulate if absent, run all, summarize")
     _add_reconstruction(study)
@@ -202,6 +210,19 @@ def ensure_dagster_home() -> Path:
     return home
 
 
+def _compute(args) -> StudyCompute:
+    """Where the run's partitions go: the environment's choice, ``--workers`` overriding a local cluster's size."""
+    compute = StudyCompute.from_env()
+    if args.workers is not None:
+        if args.workers < 0:
+            raise UsageError(f"--workers must be 0 or more, not {args.workers}")
+        compute = compute.model_copy(update={"workers": args.workers})
+    problems = compute.configuration_errors(_paths(args).folders())
+    if problems:
+        raise UsageError("\n".join(problems))
+    return compute
+
+
 def cmd_run(args) -> int:
     from dagster import DagsterInstance
 
@@ -211,17 +232,12 @@ def cmd_run(args) -> int:
     plan = _plan(args, paths)
     options = _options(args)
     ensure_dagster_home()
+    compute = _compute(args)
     with DagsterInstance.get() as instance:
-        try:
-            executor = executor_name()
-            if executor == DASK:
-                check_dask_setup(instance, dask_cluster_from_env(), paths.roots())
-        except ValueError as error:  # an unknown executor, a bad cluster file, a DaskSetupError
-            raise UsageError(str(error)) from error
-        print(f"{len(plan.selected)} partition(s) through Dagster ({executor} executor), instance {os.environ['DAGSTER_HOME']}")
+        print(f"{len(plan.selected)} partition(s) through Dagster on {compute.describe()}, instance {os.environ['DAGSTER_HOME']}")
         progress = progress_for(sys.stdout)
         try:
-            outputs = launch.run_study(paths, plan, options, instance, progress)
+            outputs = launch.run_study(paths, plan, options, instance, progress, compute)
         finally:
             progress.close()
     manifest, study_report = outputs["reconstruction_manifest"], outputs["study_report"]
@@ -233,6 +249,50 @@ def cmd_run(args) -> int:
     print(f"report:   {study_report['html_path']}")
     print(f"headline: {study_report['headline']}")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_ui(args) -> int:
+    """``make ui``: one warm dask cluster on this machine and ``dagster dev`` beside it, every run sending its
+    partitions to that cluster (so a backfill's runs, automation runs and a clicked partition share the same
+    workers and never oversubscribe the GPU). Ctrl-C stops both. With FLY64_DASK_SCHEDULER set, that running
+    scheduler is used instead and no cluster is started."""
+    import signal
+    import subprocess
+
+    from fly64_assets.defs.compute import DASK_SCHEDULER_ENV, gpu_count, ui_cluster_workers
+    from fly64_assets.lib.dask_compute import local_cluster
+
+    ensure_dagster_home()
+    command = [str(Path(sys.executable).parent / "dagster"), "dev", "-m", "fly64_assets.definitions",
+               "--host", "127.0.0.1", "--port", str(args.port)]
+
+    def serve(environ: dict[str, str]) -> int:
+        # Ctrl-C, or a plain `kill`, stops both (a shell that started us in the background ignores SIGINT)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        process = subprocess.Popen(command, env=environ)
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            process.terminate()  # dagster dev stops its webserver, daemon and code server
+            try:
+                return process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                return process.wait()
+
+    existing = os.environ.get(DASK_SCHEDULER_ENV, "").strip()
+    if existing:
+        print(f"fly64 ui: every run sends its partitions to the running dask scheduler at {existing}")
+        return serve(dict(os.environ))
+    gpus = gpu_count()
+    workers = args.workers if args.workers is not None else ui_cluster_workers(gpus)
+    if workers < 1:
+        raise UsageError(f"--workers must be 1 or more, not {workers}")
+    with local_cluster(workers, gpus) as cluster:
+        print(f"fly64 ui: a dask cluster of {workers} warm worker(s)" + (f" on {gpus} GPU(s)" if gpus else "")
+              + f", scheduler {cluster.scheduler_address}, dashboard {cluster.dashboard_link}", flush=True)
+        return serve({**os.environ, DASK_SCHEDULER_ENV: cluster.scheduler_address})
 
 
 def cmd_report(args) -> int:
@@ -277,6 +337,7 @@ COMMANDS = {
     "run": cmd_run,
     "report": cmd_report,
     "study": cmd_study,
+    "ui": cmd_ui,
 }
 
 

@@ -1,14 +1,16 @@
 """The code location: the one ``Definitions`` object that ``dagster dev``, the daemon and the CLI load.
 
-Nothing here but assembly: assets, checks and jobs from ``defs/``, the resources and the executor chosen by
-the deployment's environment (``FLY64_*`` variables: see the README).
+Nothing here but assembly: assets, checks and jobs from ``defs/``, the resources configured from the
+deployment's environment (``FLY64_*`` variables: see the README). Runs execute in process; the reconstruction
+step sends its partitions where ``study_compute`` says (``defs/compute.py``).
 """
 
 from __future__ import annotations
 
-from dagster import Definitions
+from dagster import Definitions, in_process_executor
 
 from fly64_assets.defs.automation import study_automation_sensor
+from fly64_assets.defs.compute import StudyCompute
 from fly64_assets.defs.inputs.assets import phase_c_patched, phase_d_overlap
 from fly64_assets.defs.inputs.sensors import input_files_sensor
 from fly64_assets.defs.inputs.checks import phase_c_patched_data001, phase_d_overlap_data001
@@ -17,12 +19,12 @@ from fly64_assets.defs.reconstruction.assets import ptychi_reconstruction
 from fly64_assets.defs.report.assets import study_report
 from fly64_assets.defs.resources import StudyPaths
 from fly64_assets.defs.summaries.assets import reconstruction_manifest, skip_summary
-from fly64_assets.lib.executor import study_executor
 from fly64_assets.lib.json_io_manager import JsonIOManager
 
 
-def build_definitions(study_paths: StudyPaths) -> Definitions:
-    """The study's definitions for the given roots (tests and the CLI build them on explicit folders)."""
+def build_definitions(study_paths: StudyPaths, study_compute: StudyCompute | None = None) -> Definitions:
+    """The study's definitions for the given roots (tests and the CLI build them on explicit folders); the
+    compute from the environment unless given."""
     return Definitions(
         assets=[phase_c_patched, phase_d_overlap, ptychi_reconstruction, reconstruction_manifest, skip_summary, study_report],
         asset_checks=[phase_c_patched_data001, phase_d_overlap_data001],
@@ -30,9 +32,10 @@ def build_definitions(study_paths: StudyPaths) -> Definitions:
         sensors=[input_files_sensor, study_automation_sensor()],
         resources={
             "study_paths": study_paths,
+            "study_compute": study_compute or StudyCompute.from_env(),
             "io_manager": JsonIOManager(base_dir=str(study_paths.artifact_file(".values"))),
         },
-        executor=study_executor(study_paths.roots()),
+        executor=in_process_executor,
     )
 
 

@@ -1,10 +1,9 @@
 """Running the study's jobs from a script (the ``fly64`` command, the bench, tests), through Dagster's public
-API only: ``execute_in_process`` with the default in-process executor, ``execute_job`` on a configured one
-(multiprocess, dask). Every run lands in the instance the UI shows (``$DAGSTER_HOME``).
+API only: ``execute_in_process``. Every run lands in the instance the UI shows (``$DAGSTER_HOME``).
 
-The selected partitions run as few *range* runs as cover them (the whole study: one run), so torch and pty-chi
-are imported once; then one run writes the manifest, the skip summary and the report. Nothing here starts a
-process, a thread or a pool: on dask, the executor sends the steps to the cluster.
+The selected partitions run as few *range* runs as cover them (the whole study: one run); the reconstruction
+step sends them where the ``study_compute`` resource says (warm dask workers, or this process); then one run
+writes the manifest, the skip summary and the report. Nothing here starts a process, a thread or a pool.
 """
 
 from __future__ import annotations
@@ -13,14 +12,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from dagster import (
-    AssetKey,
-    AssetPartitionStatus,
-    DagsterInstance,
-    PartitionKeyRange,
-    build_reconstructable_job,
-    execute_job,
-)
+from dagster import DagsterInstance, PartitionKeyRange
 
 from fly64_assets.core.bookkeeping import StudyPlan
 from fly64_assets.core.design import Dataset
@@ -35,9 +27,9 @@ from fly64_assets.defs.jobs import (
     observation_tags,
 )
 from fly64_assets.defs.reconstruction.assets import RECONSTRUCTION
+from fly64_assets.defs.compute import StudyCompute
 from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS, covering_ranges, range_tags
 from fly64_assets.defs.resources import StudyPaths
-from fly64_assets.lib.executor import IN_PROCESS, executor_name
 from fly64_assets.lib.progress import StudyProgress, reporting_to
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -46,13 +38,6 @@ one line per partition (and per failed run) itself; the run's event log (the UI)
 keep every detail."""
 
 SUMMARY_ASSETS = ("reconstruction_manifest", "skip_summary", "study_report")
-
-
-def study_job(job_name: str, phase_c_root: str, phase_d_root: str, artifact_root: str):
-    """One of the study's jobs on explicit roots: what a reconstructable job rebuilds in every worker process,
-    so the workers need not share the launcher's environment variables."""
-    paths = StudyPaths(phase_c_root=phase_c_root, phase_d_root=phase_d_root, artifact_root=artifact_root)
-    return build_definitions(paths).resolve_job_def(job_name)
 
 
 @dataclass
@@ -83,7 +68,8 @@ def failure_message(result) -> str | None:
         if event.is_step_failure and event.step_failure_data.error is not None:
             data = event.step_failure_data
             described = data.user_failure_data.description if data.user_failure_data else None
-            messages.append((described or data.error.message).strip())
+            error = data.error.cause or data.error  # an unexpected exception: Dagster's wrapper names only the step
+            messages.append((described or error.message).strip())
     if not messages:
         messages = [event.message for event in result.all_events if event.is_run_failure and event.message]
     return "\n".join(messages) or None
@@ -97,33 +83,18 @@ def execute(
     tags: dict | None = None,
     outputs: tuple[str, ...] = (),
     progress: StudyProgress | None = None,
+    compute: StudyCompute | None = None,
 ) -> RunOutcome:
-    """One run of a study job in ``instance`` on the executor ``FLY64_EXECUTOR`` names; ``outputs`` names the
-    steps whose values to return. ``progress`` gets the steps' live reports when they run in this process."""
+    """One run of a study job in ``instance``; ``outputs`` names the steps whose values to return. ``progress``
+    gets the reconstruction step's live reports; ``compute`` (default: from the environment) is where it sends
+    its partitions."""
     run_config = {**QUIET, **(run_config or {})}
-    if executor_name() == IN_PROCESS:
-        job = build_definitions(paths).resolve_job_def(job_name)
-        with reporting_to(progress or StudyProgress()):
-            result = job.execute_in_process(instance=instance, run_config=run_config, tags=tags, raise_on_error=False)
-        if not result.success:
-            return RunOutcome(result.run_id, False, failure_message(result), failed_partitions=failed_partitions(result))
-        return RunOutcome(result.run_id, True, None, {name: result.output_for_node(name) for name in outputs})
-    job = build_reconstructable_job(
-        __name__,
-        study_job.__name__,
-        reconstructable_kwargs={
-            "job_name": job_name,
-            "phase_c_root": paths.phase_c_root,
-            "phase_d_root": paths.phase_d_root,
-            "artifact_root": paths.artifact_root,
-        },
-    )
-    with execute_job(job, instance=instance, run_config=run_config, tags=tags, raise_on_error=False) as result:
-        if not result.success:
-            return RunOutcome(result.run_id, False, failure_message(result), failed_partitions=failed_partitions(result))
-    # The steps ran elsewhere: their values are the assets' stored values (by asset key, not by run).
-    defs = build_definitions(paths)
-    return RunOutcome(result.run_id, True, None, {name: defs.load_asset_value(AssetKey(name), instance=instance) for name in outputs})
+    job = build_definitions(paths, compute).resolve_job_def(job_name)
+    with reporting_to(progress or StudyProgress()):
+        result = job.execute_in_process(instance=instance, run_config=run_config, tags=tags, raise_on_error=False)
+    if not result.success:
+        return RunOutcome(result.run_id, False, failure_message(result), failed_partitions=failed_partitions(result))
+    return RunOutcome(result.run_id, True, None, {name: result.output_for_node(name) for name in outputs})
 
 
 def partition_tags(start: str, end: str) -> dict[str, str]:
@@ -151,9 +122,10 @@ def reconstruct(
     options: ReconstructionOptions,
     instance: DagsterInstance,
     progress: StudyProgress | None = None,
+    compute: StudyCompute | None = None,
 ) -> list[RunOutcome]:
-    """Reconstruct and score ``datasets``: one run per covering range. Each partition's outcome is reported to
-    ``progress``: live by the step when it runs in this process, else after its run."""
+    """Reconstruct and score ``datasets``: one run per covering range, its partitions on ``compute`` (default:
+    from the environment). Each partition's outcome is reported to ``progress`` as it finishes."""
     progress = progress or StudyProgress()
     datasets = sorted(datasets)
     progress.study_started(len(datasets))
@@ -162,11 +134,9 @@ def reconstruct(
     outcomes = []
     for start, end in covering_ranges(datasets):
         started = time.perf_counter()
-        outcome = execute(paths, RECONSTRUCT_JOB, instance, config, partition_tags(start, end), progress=progress)
+        outcome = execute(paths, RECONSTRUCT_JOB, instance, config, partition_tags(start, end), progress=progress, compute=compute)
         outcomes.append(outcome)
         keys = STUDY_PARTITIONS.get_partition_keys_in_range(PartitionKeyRange(start, end))
-        if executor_name() != IN_PROCESS:
-            _report_partitions(paths, instance, keys, progress)
         progress.message(f"run {outcome.run_id[:8]} ({start} ... {end}): {len(keys)} partition(s) in {time.perf_counter() - started:.1f} s")
         if outcome.failed_partitions:  # each one's reason is on its own line already; the traceback is in its log
             progress.message(f"{len(outcome.failed_partitions)} partition(s) failed: each one's whole log is its "
@@ -174,18 +144,6 @@ def reconstruct(
         elif outcome.error:
             progress.message(outcome.error)
     return outcomes
-
-
-def _report_partitions(paths: StudyPaths, instance: DagsterInstance, keys: list[str], progress: StudyProgress) -> None:
-    """Each partition's outcome from the instance, for a run whose steps ran in other processes."""
-    statuses = instance.get_status_by_partition(RECONSTRUCTION, keys, STUDY_PARTITIONS) or {}
-    for key in keys:
-        if statuses.get(key) == AssetPartitionStatus.FAILED:
-            progress.partition_finished(key, "FAILED")
-        elif not paths.input_path(Dataset.from_partition_key(key)).exists():
-            progress.partition_finished(key, "skipped (input missing)")
-        else:
-            progress.partition_finished(key, "reconstructed")
 
 
 def summarize(paths: StudyPaths, filters: dict, instance: DagsterInstance) -> dict:
@@ -203,6 +161,7 @@ def run_study(
     options: ReconstructionOptions,
     instance: DagsterInstance,
     progress: StudyProgress | None = None,
+    compute: StudyCompute | None = None,
 ) -> dict:
     """The inputs' observation (one run per source: each file's content hash as its data version), the selected
     partitions (skips included: they are recorded, so the UI shows them; each one's DATA-001 check is recorded
@@ -210,7 +169,7 @@ def run_study(
     values by asset name."""
     progress = progress or StudyProgress()
     observe_inputs(paths, instance)
-    reconstruct(paths, plan.selected, options, instance, progress)
+    reconstruct(paths, plan.selected, options, instance, progress, compute)
     return summarize(paths, plan.filters, instance)
 
 

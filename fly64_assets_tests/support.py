@@ -89,3 +89,11 @@ def materialization_metadata(result, asset_key: AssetKey) -> dict[str | None, di
         if materialization.asset_key == asset_key:
             found[materialization.partition] = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
     return found
+
+
+def study_resources(paths, compute=None) -> dict:
+    """What a user's ``materialize``/``materialize_to_memory`` gives the study's assets: the roots, and where the
+    reconstruction step's partitions run (by default in the step's own process, as on a CPU-only machine)."""
+    from fly64_assets.defs.compute import StudyCompute
+
+    return {"study_paths": paths, "study_compute": compute or StudyCompute(workers=0)}

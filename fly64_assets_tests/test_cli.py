@@ -78,10 +78,12 @@ def test_run_goes_through_dagster_and_exit_code_reports_a_failed_job(study_paths
     np.savez(broken, **arrays)
 
     args = ["run", *_roots(study_paths), "--dose", "10000", "--view", "dense", "--epochs", str(FAST_EPOCHS), "--device", "cpu",
-            "--workers", "4"]
+            "--workers", "2", "--max-concurrent-runs", "3"]
     assert main(args) == 1
     printed = capsys.readouterr()
-    assert "--workers and --max-concurrent-runs are no longer used" in printed.err
+    assert "--max-concurrent-runs is no longer used and is ignored" in printed.err
+    # the two partitions went to a dask cluster of two worker processes started for the run
+    assert "2 partition(s) through Dagster on a local dask cluster of 2 worker(s)" in printed.out
     # not a terminal: plain progress lines, one per partition, counted, with the outcome and the times
     lines = [line for line in printed.out.splitlines() if line.startswith("[")]
     assert lines[0].startswith("[1/2] 10000|dense_train: FAILED: ") and "xcoords" in lines[0]

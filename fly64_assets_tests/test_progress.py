@@ -55,7 +55,6 @@ def _run_on_a_terminal(args: list[str], env: dict) -> str:
 def test_fly64_run_on_a_terminal_shows_bars_with_epoch_and_loss(study_paths, tmp_path):
     fly64 = Path(sys.executable).with_name("fly64")
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home"), "TERM": "xterm", "COLUMNS": "160", "NO_COLOR": "1"}
-    env.pop("FLY64_EXECUTOR", None)
     args = [str(fly64), "run", "--phase-c-root", study_paths.phase_c_root, "--phase-d-root", study_paths.phase_d_root,
             "--artifact-root", study_paths.artifact_root, "--dose", "100000", "--view", "baseline", "--epochs", "12",
             "--device", "cpu"]

@@ -26,6 +26,7 @@ from fly64_assets.core.options import ReconstructionOptions
 from fly64_assets.core.ptychodus_product import write_products
 from fly64_assets.core.synthetic import simulate_split
 from fly64_assets.defs.reconstruction.assets import ptychi_reconstruction
+from fly64_assets_tests.support import study_resources
 
 PTYCHODUS = "ptychodus==1.7.0"
 PTYCHODUS_SITE = "ptychodus-1.7.0"
@@ -209,7 +210,7 @@ def test_an_unusable_geometry_value_is_an_error_naming_it(metadata, environ, nam
 def _materialize_dense_train(study_paths, instance):
     """Reconstruct ``1000|dense_train`` (the smallest partition) for 2 epochs through Dagster."""
     return materialize_to_memory(
-        [ptychi_reconstruction], partition_key="1000|dense_train", resources={"study_paths": study_paths},
+        [ptychi_reconstruction], partition_key="1000|dense_train", resources=study_resources(study_paths),
         run_config={"ops": {"ptychi_reconstruction": {"config": {"epochs": EPOCHS}}}},
         instance=instance, raise_on_error=False, selection=[AssetKey("ptychi_reconstruction")],
     )

@@ -16,7 +16,7 @@ from fly64_assets.defs.inputs.assets import phase_c_patched, phase_d_overlap
 from fly64_assets.defs.reconstruction.assets import ptychi_reconstruction
 from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS, range_tags
 from fly64_assets_tests.figure_checks import assert_figure_drawn, png_in_markdown
-from fly64_assets_tests.support import FAST_EPOCHS, materialization_metadata
+from fly64_assets_tests.support import study_resources, FAST_EPOCHS, materialization_metadata
 
 PHYSICS_EPOCHS = 50
 HIGH_DOSE_BARS = {
@@ -40,7 +40,7 @@ def _materialize(study_paths, instance, partition_key=None, tags=None, **config)
         STUDY_ASSETS,
         partition_key=partition_key,
         tags=tags,
-        resources={"study_paths": study_paths},
+        resources=study_resources(study_paths),
         run_config={"ops": {"ptychi_reconstruction": {"config": {"epochs": FAST_EPOCHS, **config}}}},
         instance=instance,
         raise_on_error=False,
@@ -160,7 +160,7 @@ def test_a_study_run_with_a_missing_sparse_view_succeeds_and_records_the_skip(st
 def test_quality_alone_rescores_a_saved_reconstruction(study_paths, instance):
     assert _materialize(study_paths, instance, "10000|dense_test").success
     rescored = materialize_to_memory(
-        STUDY_ASSETS, partition_key="10000|dense_test", resources={"study_paths": study_paths}, instance=instance,
+        STUDY_ASSETS, partition_key="10000|dense_test", resources=study_resources(study_paths), instance=instance,
         selection=[QUALITY],
     )
     assert rescored.success

@@ -48,7 +48,7 @@ key, epochs = sys.argv[1], int(sys.argv[2])
 with DagsterInstance.get() as instance:
     result = execute_job(
         reconstructable(reconstruct_study_job), instance,
-        run_config={"ops": {"ptychi_reconstruction": {"config": {"epochs": epochs}}}},
+        run_config={"ops": {"ptychi_reconstruction": {"config": {"epochs": epochs, "regularization": "off"}}}},
         tags=STUDY_PARTITIONS.get_tags_for_partition_key(key),
     )
 sys.exit(0 if result.success else 1)

@@ -24,7 +24,7 @@ from fly64_assets.defs.inputs.assets import phase_c_patched, phase_d_overlap
 from fly64_assets.defs.reconstruction.assets import ptychi_reconstruction
 from fly64_assets_tests.figure_checks import assert_figure_drawn, png_in_markdown
 from fly64_assets_tests.report_records import hand_made_records
-from fly64_assets_tests.support import materialization_metadata
+from fly64_assets_tests.support import study_resources, materialization_metadata
 
 def summary_of(rows: list[dict], dose: int, view: str) -> dict:
     return next(s for s in tables.replicate_summary(rows) if s["dose"] == dose and s["view"] == view)
@@ -208,7 +208,7 @@ def _reconstruct(study_paths, instance, key: str, **config):
     result = materialize_to_memory(
         [phase_c_patched, phase_d_overlap, ptychi_reconstruction],
         partition_key=key,
-        resources={"study_paths": study_paths},
+        resources=study_resources(study_paths),
         run_config={"ops": {"ptychi_reconstruction": {"config": config}}},
         instance=instance,
     )

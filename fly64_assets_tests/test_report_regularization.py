@@ -19,6 +19,7 @@ from fly64_assets.defs.inputs.assets import phase_c_patched, phase_d_overlap
 from fly64_assets.defs.reconstruction.assets import QUALITY, ptychi_reconstruction
 from fly64_assets.defs.report.assets import study_report
 from fly64_assets_tests.report_records import hand_made_records
+from fly64_assets_tests.support import study_resources
 
 STUDY_ASSETS = [phase_c_patched, phase_d_overlap, ptychi_reconstruction]
 CANDIDATES = (("off", 0.0), ("tv_0_003", 0.003), ("tv_0_01", 0.01), ("tv_0_03", 0.03), ("tv_0_1", 0.1), ("tv_0_3", 0.3))
@@ -184,7 +185,7 @@ def test_a_choice_made_by_a_real_reconstruction_reaches_the_report(study_paths, 
     folder = study_paths.artifact_dir(dataset)
     config = {"epochs": 10, "regularization": "auto", "convergence_every": 0}
     assert materialize_to_memory(
-        STUDY_ASSETS, partition_key=dataset.partition_key, resources={"study_paths": study_paths},
+        STUDY_ASSETS, partition_key=dataset.partition_key, resources=study_resources(study_paths),
         run_config={"ops": {"ptychi_reconstruction": {"config": config}}}, instance=instance,
     ).success
     quality = read_record(folder, QUALITY_RECORD)
@@ -192,7 +193,7 @@ def test_a_choice_made_by_a_real_reconstruction_reaches_the_report(study_paths, 
     assert quality["requested_regularization"] == "auto" and len(choice["candidates"]) == 6
     assert quality["tv_weight"] == choice["chosen_tv_weight"]
 
-    result = materialize_to_memory([study_report], resources={"study_paths": study_paths}, instance=instance)
+    result = materialize_to_memory([study_report], resources=study_resources(study_paths), instance=instance)
     assert result.success
     output = result.output_for_node("study_report")
     assert method_of(output["rows"], 1000, "baseline", "train")[1] == choice["chosen_tv_weight"]
@@ -216,7 +217,7 @@ def test_a_choice_made_by_a_real_reconstruction_reaches_the_report(study_paths, 
     old = {k: v for k, v in record.items() if k not in ("requested_regularization", "regularization")}
     old["options"] = {k: v for k, v in old["options"].items() if k != "regularization"}
     write_json(folder / RECONSTRUCTION_RECORD, old)
-    assert materialize_to_memory(STUDY_ASSETS, partition_key=dataset.partition_key, resources={"study_paths": study_paths},
+    assert materialize_to_memory(STUDY_ASSETS, partition_key=dataset.partition_key, resources=study_resources(study_paths),
                                  instance=instance, selection=[QUALITY]).success
     rescored = read_record(folder, QUALITY_RECORD)
     assert [rescored[k] for k in ("requested_regularization", "tv_weight", "regularization_choice")] == [None, None, None]

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
@@ -118,6 +121,10 @@ class Scored:
     """The quality metrics alone (MAE, PSNR, SSIM, FRC), by name."""
 
 
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
 def partition_loader() -> LoadValid:
     """``load_valid`` remembered for one partition: its input file (and its split's Phase C file, for the
     scoring box) is decompressed and validated once for both the reconstruction and the score. A new one per
@@ -179,7 +186,7 @@ class _ConvergenceRecorder:
         started = time.perf_counter()
         try:
             aligned = self._align(obj, origin_yx)
-            metrics = score(aligned.recon, aligned.truth, aligned.shift_yx).as_dict()
+            metrics = score(aligned.recon, aligned.truth, aligned.shift_yx, aligned.phase_ramp_yx).as_dict()
         except Exception as error:  # noqa: BLE001 - a curve is a diagnostic: it must not fail the reconstruction
             self.curve["error"] = f"epoch {epoch}: {type(error).__name__}: {error}"
             self._log.warning("convergence curve stopped at epoch %d: %s", epoch, error)
@@ -272,7 +279,7 @@ def reconstruct_partition(
     out_dir = folders.artifact_dir(dataset)
     for stale in remove_stale_partials(out_dir):
         step_log.warning(f"removed {stale.name}, left by an interrupted earlier run")
-    started = time.perf_counter()
+    started, started_utc = time.perf_counter(), utc_now()
     with captured_log(out_dir / LOG_NAME, ("ptychi", "fly64_assets")) as job_log:
         job_log.info("input %s (%d patterns), options %s", input_path, len(arrays["diffraction"]), options.as_dict())
         convergence = _convergence_recorder(convergence_every, folders, dataset, arrays, load, job_log)
@@ -310,6 +317,9 @@ def reconstruct_partition(
         "wall_time_s": result.wall_time_s,
         "step_time_s": time.perf_counter() - started,
         "device": result.device,
+        "worker": {"host": socket.gethostname(), "pid": os.getpid()},
+        "started_utc": started_utc,
+        "ended_utc": utc_now(),
         "n_patterns": result.n_patterns,
         "final_loss": float(result.loss_per_epoch[-1]),
         "object_origin_yx": list(result.object_origin_yx),
@@ -344,7 +354,7 @@ def score_partition(dataset: Dataset, folders: StudyFolders, load: LoadValid | N
         recon = saved["reconstructed_object"]
     align, box, area = _truth_alignment(folders, dataset, arrays, load)
     aligned = align(recon, reconstruction["object_origin_yx"])
-    metrics = score(aligned.recon, aligned.truth, aligned.shift_yx)
+    metrics = score(aligned.recon, aligned.truth, aligned.shift_yx, aligned.phase_ramp_yx)
     aligned_path = out_dir / QUALITY_FILE
     write_npz(aligned_path, {"aligned_phase": np.angle(aligned.recon), "truth_phase": np.angle(aligned.truth), "scan_box": np.array(box)})
     used = (reconstruction.get("options") or {}).get("regularization")  # absent from records older than the option

@@ -11,7 +11,6 @@ from pydantic import Field
 from fly64_assets.core.artifacts import inside_root, unwritable_reason
 from fly64_assets.core.design import Dataset
 from fly64_assets.core.partition import StudyFolders
-from fly64_assets.lib.cluster_preflight import StudyRoots
 
 DATA_DIR_ENV = "FLY64_DATA_DIR"
 DEFAULT_DATA_DIR = "fly64_data"
@@ -55,9 +54,6 @@ class StudyPaths(ConfigurableResource):
 
     def artifact_file(self, name: str) -> Path:
         return inside_root(Path(self.artifact_root), Path(self.artifact_root) / name)
-
-    def roots(self) -> StudyRoots:
-        return StudyRoots(self.phase_c_root, self.phase_d_root, self.artifact_root)
 
     def configuration_errors(self) -> list[str]:
         """One clear message per problem with the roots (empty: usable)."""

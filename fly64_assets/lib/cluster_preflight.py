@@ -1,8 +1,8 @@
-"""Refusing, before any step is sent, a dask run that cannot work across machines.
+"""Refusing, before any partition is sent, a cluster whose workers may not see the study's folders.
 
-A cluster that may put steps on other machines needs a Dagster instance they all reach (not sqlite) and
-study roots on a filesystem they all see; otherwise outputs scatter and inputs look missing. Each problem
-is one line of :class:`DaskSetupError`. See docs/CLUSTER.md.
+Workers on other machines read the inputs and write the artifacts themselves (the run's events stay with the
+run's process), so the roots must be on a filesystem they all see; otherwise outputs scatter and inputs look
+missing. Each problem is one line of :class:`DaskSetupError`. See docs/CLUSTER.md.
 """
 
 from __future__ import annotations
@@ -10,10 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-
-from dagster import DagsterInstance
 
 SHARED_ARTIFACT_ROOT_ENV = "FLY64_SHARED_ARTIFACT_ROOT"
 SHARED_INPUT_ROOTS_ENV = "FLY64_SHARED_INPUT_ROOTS"
@@ -30,15 +27,6 @@ SHARED_FILESYSTEMS = frozenset(
 declared shared with ``FLY64_SHARED_ARTIFACT_ROOT=1`` / ``FLY64_SHARED_INPUT_ROOTS=1``."""
 
 
-@dataclass(frozen=True)
-class StudyRoots:
-    """The folders a dask run's workers must all see (plain strings: this module knows no resources)."""
-
-    phase_c_root: str
-    phase_d_root: str
-    artifact_root: str
-
-
 class DaskSetupError(ValueError):
     """A dask run configured so that it cannot work across machines; one line per problem."""
 
@@ -47,16 +35,10 @@ class DaskSetupError(ValueError):
         super().__init__("this dask run cannot work across machines:\n" + "\n".join(f"- {p}" for p in self.problems))
 
 
-def cluster_is_on_this_machine(cluster: Mapping) -> bool:
-    """True for a ``local`` cluster and for a scheduler on a loopback address: a scheduler listening on
-    loopback can only have workers on this machine. Any other address, and every batch-system cluster
-    (slurm, pbs, ...), may put steps on other machines."""
-    ((kind, options),) = dict(cluster).items()
-    if kind == "local":
-        return True
-    if kind != "existing":
-        return False
-    return _is_loopback(str((options or {}).get("address", "")))
+def scheduler_is_on_this_machine(address: str) -> bool:
+    """True for a scheduler on a loopback address: it can only have workers on this machine. Any other
+    address, and every batch-system cluster (slurm, pbs, ...), may put partitions on other machines."""
+    return _is_loopback(address)
 
 
 def _is_loopback(address: str) -> bool:
@@ -73,29 +55,6 @@ def _is_loopback(address: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def describe_cluster(cluster: Mapping) -> str:
-    ((kind, options),) = dict(cluster).items()
-    if kind == "existing":
-        return f"the scheduler at {(options or {}).get('address')}"
-    return f"a dagster-dask '{kind}' cluster" if kind != "local" else "a local cluster"
-
-
-def local_only_storages(instance: DagsterInstance) -> list[str]:
-    """The instance's storages that live in this machine's files or memory (sqlite, in-memory)."""
-    found = []
-    for label, storage in (
-        ("run storage", instance.run_storage),
-        ("event log storage", instance.event_log_storage),
-    ):
-        if storage is None:
-            continue
-        kind = type(storage)
-        text = f"{kind.__module__}.{kind.__name__}".lower()
-        if "sqlite" in text or "inmemory" in text or "in_memory" in text:
-            found.append(f"{label} {kind.__name__}")
-    return found
 
 
 def _mount_entries(mounts_text: str | None) -> list[tuple[str, str]]:
@@ -134,63 +93,34 @@ def is_shared_filesystem(path: str | Path, mounts_text: str | None = None) -> bo
     return found is not None and found[0].lower() in SHARED_FILESYSTEMS
 
 
-def dask_setup_problems(
-    instance: DagsterInstance,
-    cluster: Mapping,
-    roots: StudyRoots,
-    environ: Mapping[str, str] | None = None,
-    mounts_text: str | None = None,
+def remote_roots_problems(
+    where: str, roots: dict[str, Path], environ: Mapping[str, str] | None = None, mounts_text: str | None = None
 ) -> list[str]:
-    """Why a dask run on ``cluster`` cannot work (empty: it can). Only a cluster that may use other machines
-    is checked: then the Dagster instance must be shared (not sqlite) and the artifact root and the input
-    roots must be on a shared filesystem (a known network/parallel mount type, or declared shared)."""
-    if cluster_is_on_this_machine(cluster):
-        return []
+    """Why workers on other machines (``where`` describes the cluster) cannot use the study's ``roots`` (by label:
+    "artifact root", "Phase C root", ...); empty when each is on a shared filesystem (a known network or parallel
+    mount type) or declared shared."""
     env = os.environ if environ is None else environ
-    where = describe_cluster(cluster)
-    problems = []
-    local = local_only_storages(instance)
-    if local:
-        problems.append(
-            f"the Dagster instance is local-only ({', '.join(local)}) but {where} is not on this machine: "
-            "workers on other nodes cannot record or read the run's events. Use a shared instance: "
-            "dagster-postgres storage in $DAGSTER_HOME/dagster.yaml (docs/CLUSTER.md)."
-        )
 
     def declared(name: str) -> bool:
         return env.get(name, "").strip().lower() in TRUE_WORDS
 
-    def describe(root: str) -> str:
+    def describe(root: Path) -> str:
         found = filesystem_of(root, mounts_text)
         return f"on a {found[0]} filesystem mounted at {found[1]}" if found else "on a filesystem of unknown type"
 
-    if not declared(SHARED_ARTIFACT_ROOT_ENV) and not is_shared_filesystem(roots.artifact_root, mounts_text):
-        problems.append(
-            f"the artifact root {roots.artifact_root} is {describe(roots.artifact_root)}, not a shared one, but "
-            f"{where} may run steps on other machines, whose outputs (and the asset values under .values/) "
-            "would then be scattered. Put FLY64_ARTIFACT_ROOT on the cluster's shared filesystem "
-            f"(nfs, lustre, gpfs, beegfs, cephfs, ...), or set {SHARED_ARTIFACT_ROOT_ENV}=1 if every "
-            "worker sees this folder at this same path."
+    problems = []
+    for label, root in roots.items():
+        artifacts = label == "artifact root"
+        variable = SHARED_ARTIFACT_ROOT_ENV if artifacts else SHARED_INPUT_ROOTS_ENV
+        if declared(variable) or is_shared_filesystem(root, mounts_text):
+            continue
+        consequence = (
+            "whose outputs would then be scattered" if artifacts
+            else "which would record the inputs they cannot see as missing (skips)"
         )
-    for label, root in (("Phase C root", roots.phase_c_root), ("Phase D root", roots.phase_d_root)):
-        if not declared(SHARED_INPUT_ROOTS_ENV) and not is_shared_filesystem(root, mounts_text):
-            problems.append(
-                f"the {label} {root} is {describe(root)}, not a shared one, but {where} may run steps on other "
-                "machines, which would record the inputs they cannot see as missing (skips). Put it on the "
-                f"shared filesystem, or set {SHARED_INPUT_ROOTS_ENV}=1 if every worker sees the same files at "
-                "this same path (e.g. staged copies)."
-            )
+        problems.append(
+            f"the {label} {root} is {describe(root)}, not a shared one, but {where} may run partitions on other "
+            f"machines, {consequence}. Put it on the cluster's shared filesystem (nfs, lustre, gpfs, beegfs, "
+            f"cephfs, ...), or set {variable}=1 if every worker sees it at this same path."
+        )
     return problems
-
-
-def check_dask_setup(
-    instance: DagsterInstance,
-    cluster: Mapping,
-    roots: StudyRoots,
-    environ: Mapping[str, str] | None = None,
-    mounts_text: str | None = None,
-) -> None:
-    """Raise :class:`DaskSetupError` listing every problem :func:`dask_setup_problems` finds."""
-    problems = dask_setup_problems(instance, cluster, roots, environ, mounts_text)
-    if problems:
-        raise DaskSetupError(problems)

@@ -2,16 +2,15 @@
 against the ground truth, in one step per run.
 
 One step handles every partition of its run: a single key (the UI's *Materialize* on one partition), or a
-range (a backfill with ``BackfillPolicy.single_run()``, the default in process: the whole study is 3 runs,
-one per dose; ``dagster asset materialize --partition-range`` and ``fly64 run`` make it 1; on dask the default
-is a run per partition: see ``lib/executor.py``). torch and pty-chi are then imported
-once per run, not once per partition. Each partition still gets its own materialization and metadata, its
-own ``input_data001`` check result and, when only it fails, its own failed state: the step records
-per-key events (``AssetMaterialization`` / ``AssetCheckEvaluation`` with ``partition=``), goes on with the
-other keys after a failure and fails at the end naming the failed ones.
+range (a backfill with ``BackfillPolicy.single_run()``: the whole study is 3 runs, one per dose;
+``dagster asset materialize --partition-range`` and ``fly64 run`` make it 1). The step does no science itself:
+it hands its partitions to the ``study_compute`` resource (``defs/compute.py``: warm dask workers, or this
+process) as ``PartitionRequest``s and records each ``PartitionOutcome`` as that partition finishes: its own
+materialization and metadata, its own ``input_data001`` check result and, when only it fails, its own failed
+state (per-key events with ``partition=``). The step fails at the end naming the failed partitions.
 
 What one partition does (load and check its input, reconstruct, save, write products, score) is
-``core/partition.py``, which knows nothing of Dagster; this step only calls it per key and records the events.
+``core/partition.py``, run as one task by ``core/partition_task.py``; neither knows Dagster.
 
 Why both assets are one step: a downstream step of an output that is not yielded is skipped, and a range
 run cannot yield a per-partition value. With both in one ``multi_asset`` (``can_subset=True``), a run can
@@ -23,11 +22,13 @@ same reason, so a backfill ends successful and the gap is visible on that partit
 DATA-001 fails its partition, with an ERROR check listing every violation.
 """
 
+import dataclasses
 import os
 from collections.abc import Iterator
 
 from dagster import (
     AssetCheckEvaluation,
+    BackfillPolicy,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetDep,
@@ -46,32 +47,29 @@ from dagster import (
 
 from fly64_assets.core.bookkeeping import RECONSTRUCTED, SELECTION_FACTS, SKIPPED
 from fly64_assets.core.design import PHASE_D_VIEW_SPLITS, SPLITS, Dataset
-from fly64_assets.core.gpu_placement import placed_device
 from fly64_assets.core.options import Regularization
-from fly64_assets.core.partition import (
-    InputRejected,
-    LoadValid,
-    PartitionFailed,
-    Reconstructed,
-    Skipped,
-    partition_loader,
-    reconstruct_partition,
-    score_partition,
-)
+from fly64_assets.core.partition import Reconstructed
+from fly64_assets.core.partition_task import PartitionOutcome, PartitionRequest, peak_concurrency
 from fly64_assets.defs.automation import react_to_inputs
+from fly64_assets.defs.compute import StudyCompute
 from fly64_assets.defs.inputs.assets import phase_c_patched, phase_d_overlap
 from fly64_assets.defs.inputs.checks import missing_check_metadata, violations_check_metadata
 from fly64_assets.defs.inputs.partitions import DOSE_DIMENSION, SPLIT_DIMENSION, VIEW_SPLIT_DIMENSION
 from fly64_assets.defs.reconstruction.config import ReconstructionConfig
 from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS
 from fly64_assets.defs.resources import StudyPaths
-from fly64_assets.lib.executor import GPU_STEP_TAGS, reconstruction_backfill_policy
-from fly64_assets.lib.progress import StudyProgress, current_progress
+from fly64_assets.lib.progress import current_progress
 
 RECONSTRUCTION = AssetKey("ptychi_reconstruction")
 QUALITY = AssetKey("reconstruction_quality")
 INPUT_CHECK = "input_data001"
 GPU_POOL = "gpu"
+"""The instance's limit on reconstruction steps at once when each run brings its own compute (dagster.yaml).
+Runs that share one scheduler take no slot: its workers are the limit (``reconstruction_pool``)."""
+
+
+def reconstruction_pool() -> str | None:
+    return None if StudyCompute.from_env().shared else GPU_POOL
 
 
 def cpu_threads_per_reconstruction(context: AssetExecutionContext, share_cores: bool = True) -> int:
@@ -136,6 +134,9 @@ def _reconstructed_metadata(key: str, done: Reconstructed) -> dict:
         "final_loss": _significant(record["final_loss"]),
         "wall time (s)": round(record["wall_time_s"], 1),
         "device": record["device"],
+        "worker": f"{record['worker']['host']} pid {record['worker']['pid']}",
+        "started (UTC)": record["started_utc"],
+        "ended (UTC)": record["ended_utc"],
         "n_patterns": record["n_patterns"],
         "epochs": record["options"]["epochs"],
         "regularization": record["options"]["regularization"],
@@ -161,57 +162,48 @@ def _reconstructed_metadata(key: str, done: Reconstructed) -> dict:
     }
 
 
-def _reconstruct(
-    context: AssetExecutionContext, dataset: Dataset, config: ReconstructionConfig, device: str, study_paths: StudyPaths,
-    cpu_threads: int, load: LoadValid, progress: StudyProgress,
-) -> Iterator:
-    """One partition's reconstruction (``core.partition``), recorded as its materialization and check result."""
-    key = dataset.partition_key
-    options = config.options().model_copy(update={"device": device})
-
-    def on_epoch(epoch: int, loss: float) -> None:
-        progress.epoch(key, epoch, loss)
-        if epoch % config.log_every == 0 or epoch == options.epochs:
-            context.log.info(f"{key} epoch {epoch}/{options.epochs} loss {loss:.6g}")
-
-    progress.partition_started(key, options.epochs)
-    try:
-        done = reconstruct_partition(
-            dataset, study_paths.folders(), options, convergence_every=config.convergence_every,
-            cpu_threads=cpu_threads, on_epoch=on_epoch, step_log=context.log, load=load,
-        )
-    except InputRejected as error:
-        yield _check(key, False, AssetCheckSeverity.ERROR, str(error.contract_error),
-                     violations_check_metadata(error.input_path, error.violations))
-        raise
-    if isinstance(done, Skipped):
-        context.log.warning(f"{key} skipped: {done.reason}")
-        yield AssetMaterialization(RECONSTRUCTION, partition=key, metadata={"status": SKIPPED, "reason": done.reason})
-        yield _check(key, False, AssetCheckSeverity.WARN, done.reason, missing_check_metadata())
-        return
-    yield AssetMaterialization(RECONSTRUCTION, partition=key, metadata=_reconstructed_metadata(key, done))
-    input_path = done.record["input_path"]
-    yield _check(key, True, AssetCheckSeverity.ERROR, f"DATA-001 satisfied: {input_path}", violations_check_metadata(input_path, []))
+def _reconstruction_events(key: str, outcome: PartitionOutcome, log) -> Iterator:
+    """A partition's reconstruction outcome as its materialization and its ``input_data001`` check result."""
+    if outcome.rejection is not None:
+        rejection = outcome.rejection
+        yield _check(key, False, AssetCheckSeverity.ERROR, rejection.message,
+                     violations_check_metadata(rejection.input_path, rejection.violations))
+    elif outcome.skipped is not None:
+        log.warning(f"{key} skipped: {outcome.skipped.reason}")
+        yield AssetMaterialization(RECONSTRUCTION, partition=key, metadata={"status": SKIPPED, "reason": outcome.skipped.reason})
+        yield _check(key, False, AssetCheckSeverity.WARN, outcome.skipped.reason, missing_check_metadata())
+    elif outcome.reconstructed is not None:
+        done = outcome.reconstructed
+        yield AssetMaterialization(RECONSTRUCTION, partition=key, metadata=_reconstructed_metadata(key, done))
+        input_path = done.record["input_path"]
+        yield _check(key, True, AssetCheckSeverity.ERROR, f"DATA-001 satisfied: {input_path}", violations_check_metadata(input_path, []))
 
 
-def _score(dataset: Dataset, study_paths: StudyPaths, load: LoadValid) -> Iterator:
-    """One partition's score against the truth (``core.partition``), recorded as its materialization."""
-    done = score_partition(dataset, study_paths.folders(), load)
-    key = dataset.partition_key
-    if isinstance(done, Skipped):
-        yield AssetMaterialization(QUALITY, partition=key, metadata={"status": SKIPPED, "reason": done.reason})
-        return
-    metrics = {name: _significant(value) for name, value in done.metrics.items()}
-    yield AssetMaterialization(QUALITY, partition=key, metadata={
-        **metrics, "scoring_area": done.record["scoring_area"], "scan_area_lit": round(done.record["scan_area_lit"], 3),
-    })
+def _score_events(key: str, outcome: PartitionOutcome) -> Iterator:
+    """A partition's score against the truth as its materialization."""
+    if outcome.skipped is not None and outcome.reconstructed is None:
+        yield AssetMaterialization(QUALITY, partition=key, metadata={"status": SKIPPED, "reason": outcome.skipped.reason})
+    elif outcome.scored is not None:
+        done = outcome.scored
+        metrics = {name: _significant(value) for name, value in done.metrics.items()}
+        yield AssetMaterialization(QUALITY, partition=key, metadata={
+            **metrics, "scoring_area": done.record["scoring_area"], "scan_area_lit": round(done.record["scan_area_lit"], 3),
+        })
 
 
-def _outcome(key: str, failures: dict[str, str], input_exists: bool, selected) -> str:
+def _logged(outcome: PartitionOutcome, log) -> None:
+    """The outcome's notes and failure into the run's log (the traceback there, not on a terminal)."""
+    for level, message in outcome.notes:
+        getattr(log, level)(f"{outcome.key}: {message}")
+    if outcome.failed:
+        log.error(f"{outcome.key} failed: {outcome.failure}" + (f"\n{outcome.traceback}" if outcome.traceback else ""))
+
+
+def _outcome(outcome: PartitionOutcome, selected) -> str:
     """One partition's outcome in a few words, for the progress display."""
-    if key in failures:
-        return "FAILED: " + " ".join(failures[key].split())[:300]  # on one line, the first violation included
-    if not input_exists:
+    if outcome.failed:
+        return "FAILED: " + " ".join(outcome.failure.split())[:300]  # on one line, the first violation included
+    if outcome.skipped is not None:
         return "skipped (input missing)"
     return "reconstructed" if RECONSTRUCTION in selected else "scored"
 
@@ -241,12 +233,13 @@ def _outcome(key: str, failures: dict[str, str], input_exists: bool, selected) -
         )
     ],
     partitions_def=STUDY_PARTITIONS,
-    backfill_policy=reconstruction_backfill_policy(),
+    backfill_policy=BackfillPolicy.single_run(),
     can_subset=True,
-    pool=GPU_POOL,
-    op_tags=GPU_STEP_TAGS,
+    pool=reconstruction_pool(),
 )
-def ptychi_reconstruction(context: AssetExecutionContext, config: ReconstructionConfig, study_paths: StudyPaths) -> Iterator:
+def ptychi_reconstruction(
+    context: AssetExecutionContext, config: ReconstructionConfig, study_paths: StudyPaths, study_compute: StudyCompute
+) -> Iterator:
     """Reconstruct and/or score every partition of the run (see the module's docstring); each partition's epochs
     and outcome go to ``current_progress()`` too (the ``fly64`` command's display; silent elsewhere)."""
     progress = current_progress()
@@ -254,24 +247,41 @@ def ptychi_reconstruction(context: AssetExecutionContext, config: Reconstruction
     if configuration_errors:
         raise Failure(description="the study's roots are misconfigured:\n" + "\n".join(configuration_errors))
     selected = context.selected_asset_keys
-    failures: dict[str, str] = {}
+    options = config.options()
+    requests = [
+        PartitionRequest(
+            Dataset.from_partition_key(key), study_paths.folders(), options, reconstruct=RECONSTRUCTION in selected,
+            score=QUALITY in selected, convergence_every=config.convergence_every, cpu_threads=None,
+        )
+        for key in context.partition_keys
+    ]
+    started: set[str] = set()
+
+    def on_epoch(key: str, epoch: int, loss: float) -> None:
+        if key not in started:
+            started.add(key)
+            progress.partition_started(key, options.epochs)
+        progress.epoch(key, epoch, loss)
+        if epoch % config.log_every == 0 or epoch == options.epochs:
+            context.log.info(f"{key} epoch {epoch}/{options.epochs} loss {loss:.6g}")
+
+    failures, placements = {}, []
     cpu_threads = cpu_threads_per_reconstruction(context, config.share_cores)
-    with placed_device(config.device) as device:
-        for key in context.partition_keys:
-            dataset = Dataset.from_partition_key(key)
-            load = partition_loader()
-            try:
-                if RECONSTRUCTION in selected:
-                    yield from _reconstruct(context, dataset, config, device, study_paths, cpu_threads, load, progress)
-                if QUALITY in selected:
-                    yield from _score(dataset, study_paths, load)
-            except PartitionFailed as error:
-                failures[key] = str(error)
-                context.log.error(f"{key} failed: {error}")
-            except Exception as error:  # noqa: BLE001 - one partition's failure must not stop the others
-                failures[key] = f"{type(error).__name__}: {error}"
-                context.log.exception(f"{key} failed unexpectedly")
-            progress.partition_finished(key, _outcome(key, failures, study_paths.input_path(dataset).exists(), selected))
+    with study_compute.dispatch(context.run.run_id, study_paths.folders(), cpu_threads) as dispatch:
+        context.log.info(f"{len(requests)} partition(s) on {study_compute.describe()}")
+        requests = [dataclasses.replace(request, cpu_threads=dispatch.cpu_threads) for request in requests]
+        for outcome in dispatch.run(requests, on_epoch):
+            key = outcome.key
+            _logged(outcome, context.log)
+            if RECONSTRUCTION in selected:
+                yield from _reconstruction_events(key, outcome, context.log)
+            if QUALITY in selected:
+                yield from _score_events(key, outcome)
+            if outcome.failed:
+                failures[key] = outcome.failure
+            placements.append(outcome.placement)
+            progress.partition_finished(key, _outcome(outcome, selected))
+    context.log.info(f"at most {peak_concurrency(placements)} partition(s) ran at once")
     if failures:
         listing = "\n\n".join(f"{key}: {message}" for key, message in failures.items())
         raise Failure(

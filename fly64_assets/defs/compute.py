@@ -1,0 +1,143 @@
+"""Where the reconstruction step's partitions run, as a Dagster resource (the launchpad documents it).
+
+Every Dagster path (a UI backfill, one clicked partition, ``dagster asset materialize``, ``fly64 run``, tests)
+runs the step in its run's own process; the step hands its partitions to ``lib.dask_compute`` and records each
+one's events as it finishes. The default comes from the deployment's environment, read when the code location
+loads:
+
+* ``FLY64_DASK_SCHEDULER``: the address of a running dask scheduler that every run shares (``fly64 ui`` / ``make
+  ui`` start one beside the UI, so every run uses the same warm workers and the GPU is never oversubscribed);
+* ``FLY64_DASK_CLUSTER_FILE``: a YAML file describing a dask-jobqueue cluster (Slurm, PBS, ...) each run starts;
+* otherwise a local cluster per run, sized to the machine (``FLY64_DASK_WORKERS``): ``workers_per_gpu``
+  single-threaded workers per GPU; on a CPU-only machine none (the partitions run in the step's process, which
+  measured fastest there: docs/PERFORMANCE.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from fly64_assets.core.partition import StudyFolders
+from fly64_assets.lib.cluster_preflight import DaskSetupError, remote_roots_problems, scheduler_is_on_this_machine
+from fly64_assets.lib.dask_compute import ClusterDispatch, InlineDispatch, cluster_dispatch
+
+DASK_SCHEDULER_ENV = "FLY64_DASK_SCHEDULER"
+DASK_CLUSTER_FILE_ENV = "FLY64_DASK_CLUSTER_FILE"
+DASK_WORKERS_ENV = "FLY64_DASK_WORKERS"
+AUTO = -1
+
+WORKERS_PER_GPU = 8
+"""Measured on one H100 (docs/PERFORMANCE.md): 4 reconstructions at once gave 2.5x the throughput of one, 8
+gave 3.1x, more no further gain: a study-sized pty-chi reconstruction is bound by its kernel launches."""
+
+
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def ui_cluster_workers(gpus: int) -> int:
+    """The shared cluster ``fly64 ui`` starts: ``WORKERS_PER_GPU`` per GPU, else one single-threaded worker per
+    core (runs that share it then use the cores without oversubscribing them)."""
+    return gpus * WORKERS_PER_GPU if gpus else (os.cpu_count() or 1)
+
+
+class StudyCompute(ConfigurableResource):
+    """Where the reconstruction step's partitions run: a shared dask scheduler, a cluster started per run, or
+    the step's own process."""
+
+    # Defaults from the deployment's environment, as the code location loads, so that a run config that sets one
+    # field (e.g. lease_timeout_s) keeps the deployment's choice of the others.
+    scheduler: str = Field(
+        default=os.environ.get(DASK_SCHEDULER_ENV, "").strip(),
+        description="Address of a running dask scheduler shared by every run, e.g. tcp://127.0.0.1:8786 (fly64 ui "
+        "starts one). Empty: each run starts its own cluster (cluster_file, else a local one).",
+    )
+    cluster_file: str = Field(
+        default=os.environ.get(DASK_CLUSTER_FILE_ENV, "").strip(),
+        description="A YAML file naming a dask-jobqueue cluster each run starts, e.g. 'slurm: {queue: gpu, cores: "
+        "8, memory: 64GB, jobs: 2}' (docs/CLUSTER.md).",
+    )
+    workers: int = Field(
+        default=int(os.environ.get(DASK_WORKERS_ENV, "").strip() or AUTO),
+        ge=AUTO,
+        description="A local cluster per run of this many single-threaded workers; 0: no cluster, the partitions "
+        f"run in the step's process one after another; {AUTO}: sized to the machine ({WORKERS_PER_GPU} per GPU, "
+        "none on a CPU-only machine).",
+    )
+    lease_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A task whose run stops renewing its lease this long (its process was killed) stops at its "
+        "next epoch.",
+    )
+
+    @classmethod
+    def from_env(cls) -> StudyCompute:
+        """The deployment's choice as the environment says now (the field defaults: as it said at load)."""
+        return cls(
+            scheduler=os.environ.get(DASK_SCHEDULER_ENV, "").strip(),
+            cluster_file=os.environ.get(DASK_CLUSTER_FILE_ENV, "").strip(),
+            workers=int(os.environ.get(DASK_WORKERS_ENV, "").strip() or AUTO),
+        )
+
+    @property
+    def shared(self) -> bool:
+        """Every run sends its partitions to the same running scheduler."""
+        return bool(self.scheduler)
+
+    def local_workers(self) -> tuple[int, int]:
+        """(workers, GPUs) of a local cluster per run (0 workers: none, the step's own process)."""
+        gpus = gpu_count()
+        return (gpus * WORKERS_PER_GPU if self.workers == AUTO else self.workers), gpus
+
+    def describe(self) -> str:
+        if self.scheduler:
+            return f"the dask scheduler at {self.scheduler}"
+        if self.cluster_file:
+            return f"the dask cluster of {self.cluster_file}"
+        workers, gpus = self.local_workers()
+        if not workers:
+            return "this process, one partition after another"
+        return f"a local dask cluster of {workers} worker(s)" + (f" on {gpus} GPU(s)" if gpus else "")
+
+    def configuration_errors(self, folders: StudyFolders) -> list[str]:
+        """One line per reason this compute cannot run the study on ``folders`` (empty: it can): workers that
+        may be on other machines must see the roots."""
+        if self.scheduler and self.cluster_file:
+            return [f"both a scheduler ({self.scheduler}) and a cluster file ({self.cluster_file}) are set: set one"]
+        if self.cluster_file:
+            where = f"the cluster of {self.cluster_file}"
+        elif self.scheduler and not scheduler_is_on_this_machine(self.scheduler):
+            where = f"the scheduler at {self.scheduler}"
+        else:
+            return []
+        roots = {"artifact root": folders.artifact_root, "Phase C root": folders.phase_c_root,
+                 "Phase D root": folders.phase_d_root}
+        return remote_roots_problems(where, roots)
+
+    @contextlib.contextmanager
+    def dispatch(
+        self, run_id: str, folders: StudyFolders, cpu_threads: int
+    ) -> Iterator[InlineDispatch | ClusterDispatch]:
+        """Where this run's partitions on ``folders`` go; ``cpu_threads``: the cores a CPU reconstruction may use
+        in this process (a local cluster's workers share the machine's cores instead)."""
+        problems = self.configuration_errors(folders)
+        if problems:
+            raise DaskSetupError(problems)
+        workers, gpus = self.local_workers()
+        if not self.scheduler and not self.cluster_file and workers == 0:
+            yield InlineDispatch(cpu_threads)
+            return
+        threads = max(1, (os.cpu_count() or 1) // workers) if workers and not self.scheduler and not self.cluster_file else None
+        with cluster_dispatch(
+            run_id, scheduler=self.scheduler, cluster_file=self.cluster_file, local_workers=workers, gpus=gpus,
+            cpu_threads=threads, lease_timeout_s=self.lease_timeout_s,
+        ) as dispatch:
+            yield dispatch

@@ -1,0 +1,250 @@
+"""Partitions as dask tasks on warm worker processes, or one after another in the calling process. No Dagster.
+
+A ``Dispatch`` takes ``PartitionRequest``s and yields each ``PartitionOutcome`` as that partition finishes,
+calling ``on_epoch(key, epoch, loss)`` meanwhile. Three places the work can go:
+
+* ``InlineDispatch``: in the calling process, one after another (no cluster; a CPU-only machine's choice when
+  measured fastest, and the simplest thing to debug);
+* ``ClusterDispatch`` on a ``distributed.Client``: each partition a task. The cluster is a running scheduler
+  shared by every run (``fly64 ui`` starts one beside the UI), a ``local_cluster`` started for one run, or a
+  dask-jobqueue cluster (``cluster_from_file``).
+
+Workers run one task at a time (``nthreads=1``): pty-chi sets torch's default device and dtype per process.
+Each ``local_cluster`` worker is pinned to one GPU (``CUDA_VISIBLE_DEVICES``), imports torch and pty-chi when
+it starts (``dask_setup``, the worker preload) and keeps them; every address it opens is on 127.0.0.1, because
+a dask scheduler runs whatever code a client sends it.
+
+A task learns that its run is over in two ways, checked every epoch: the run sets its cancel ``Event``
+(terminated, or its step failed), or the run's lease ``Variable`` stops changing for ``lease_timeout_s`` (the
+run process was killed and cannot say so). A worker killed mid-task (SIGKILL, out of memory) costs its
+partition one retry on another worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from fly64_assets.core.partition_task import Cancelled, PartitionOutcome, PartitionRequest, run_partition
+
+LOOPBACK = "127.0.0.1"
+LEASE_REFRESH_S = 2.0
+POLL_S = 0.2
+TASK_RETRIES = 1
+"""A task whose worker died (killed, out of memory) runs once more on another worker."""
+
+JOBQUEUE_CLUSTERS = {
+    "slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster", "lsf": "LSFCluster", "oar": "OARCluster",
+    "htcondor": "HTCondorCluster", "moab": "MoabCluster",
+}
+"""The batch systems a cluster file may name (dask-jobqueue's classes)."""
+
+EpochReport = Callable[[str, int, float], None]
+logger = logging.getLogger(__name__)
+
+
+def dask_setup(worker) -> None:  # noqa: ARG001 - dask's preload hook
+    """Preload: a worker imports torch and pty-chi once, when it starts, not in its first task."""
+    for module in ("torch", "ptychi.api"):
+        importlib.import_module(module)
+
+
+def local_cluster(workers: int, gpus: int):
+    """A ``SpecCluster`` on this machine, on 127.0.0.1 only: ``workers`` single-threaded worker processes, spread
+    over ``gpus`` GPUs (each pinned to one with ``CUDA_VISIBLE_DEVICES``; with no GPU, none sees one)."""
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    def worker(index: int) -> dict:
+        gpu = str(index % gpus) if gpus else ""
+        return {"cls": Nanny, "options": {
+            "nthreads": 1, "host": LOOPBACK, "dashboard": False, "preload": [__name__],
+            "env": {"CUDA_VISIBLE_DEVICES": gpu, "OMP_NUM_THREADS": "1"}, "silence_logs": logging.WARNING,
+        }}
+
+    scheduler = {"cls": Scheduler, "options": {"host": LOOPBACK, "port": 0, "dashboard_address": f"{LOOPBACK}:0"}}
+    return SpecCluster(workers={f"worker-{i}": worker(i) for i in range(workers)}, scheduler=scheduler,
+                       silence_logs=logging.WARNING, name="fly64")
+
+
+def cluster_from_file(path: Path):
+    """A dask-jobqueue cluster from a YAML file with one entry, e.g. ``slurm: {queue: gpu, cores: 8, memory:
+    64GB, job_extra_directives: ["--gres=gpu:1"], jobs: 2}`` (``jobs``: how many batch jobs to start; the other
+    keys are the cluster class's arguments; ``processes`` defaults to ``cores``: single-threaded workers)."""
+    import yaml
+
+    try:
+        document = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"cluster file {path}: cannot read it as YAML: {error}") from error
+    if not isinstance(document, dict) or len(document) != 1 or next(iter(document)) not in JOBQUEUE_CLUSTERS:
+        found = sorted(document) if isinstance(document, dict) else type(document).__name__
+        raise ValueError(f"cluster file {path}: expected exactly one of {sorted(JOBQUEUE_CLUSTERS)} at the top level, found {found}")
+    ((kind, options),) = document.items()
+    options = dict(options or {})
+    jobs = int(options.pop("jobs", 1))
+    options.setdefault("processes", options.get("cores", 1))  # one single-threaded worker per core: a task at a time
+    # The scheduler must listen where the batch jobs' workers reach it; its dashboard need not: this machine only.
+    options["scheduler_options"] = {"dashboard_address": f"{LOOPBACK}:0", **(options.get("scheduler_options") or {})}
+    try:
+        jobqueue = importlib.import_module("dask_jobqueue")
+    except ImportError as error:
+        raise ValueError(f"cluster file {path} names a {kind} cluster: install dask-jobqueue") from error
+    cluster = getattr(jobqueue, JOBQUEUE_CLUSTERS[kind])(**options)
+    cluster.scale(jobs=jobs)
+    return cluster
+
+
+class InlineDispatch:
+    """Every partition in this process, one after another."""
+
+    def __init__(self, cpu_threads: int | None) -> None:
+        self.cpu_threads = cpu_threads
+
+    def run(self, requests: Iterable[PartitionRequest], on_epoch: EpochReport) -> Iterator[PartitionOutcome]:
+        for request in requests:
+            yield run_partition(request, lambda epoch, loss, key=request.key: on_epoch(key, epoch, loss))
+
+
+@dataclass(frozen=True)
+class RunChannel:
+    """The names by which a run's tasks reach back to it through the scheduler."""
+
+    run_id: str
+    lease_timeout_s: float
+
+    @property
+    def progress(self) -> str:
+        return f"fly64-progress-{self.run_id}"
+
+    @property
+    def cancel(self) -> str:
+        return f"fly64-cancel-{self.run_id}"
+
+    @property
+    def lease(self) -> str:
+        return f"fly64-lease-{self.run_id}"
+
+
+class _LeaseWatch:
+    """Whether the run still renews its lease: the value must change within ``timeout_s`` of this worker's own
+    clock (no clock is compared across machines)."""
+
+    def __init__(self, variable, timeout_s: float) -> None:
+        self._variable, self._timeout_s = variable, timeout_s
+        self._value, self._seen = None, time.monotonic()
+
+    def expired(self) -> bool:
+        try:
+            value = self._variable.get(timeout=self._timeout_s)
+        except TimeoutError:
+            return True
+        now = time.monotonic()
+        if value != self._value:
+            self._value, self._seen = value, now
+        return now - self._seen > self._timeout_s
+
+
+def run_on_worker(request: PartitionRequest, channel: RunChannel) -> PartitionOutcome:
+    """The task: ``run_partition`` with its epochs sent to the run's progress queue and the run's end noticed
+    every epoch. A cancelled partition comes back as a failure (so dask does not retry it)."""
+    from distributed import Event, Queue, Variable
+
+    progress, cancel = Queue(channel.progress), Event(channel.cancel)
+    lease = _LeaseWatch(Variable(channel.lease), channel.lease_timeout_s)
+    try:
+        return run_partition(
+            request,
+            lambda epoch, loss: progress.put((request.key, epoch, loss)),
+            lambda: cancel.is_set() or lease.expired(),
+        )
+    except Cancelled as error:
+        return PartitionOutcome(request.key, failure=str(error))
+
+
+class ClusterDispatch:
+    """Every partition a task on ``client``'s cluster, all submitted at once; outcomes as they finish."""
+
+    def __init__(self, client, channel: RunChannel, cpu_threads: int | None) -> None:
+        self.client, self.channel, self.cpu_threads = client, channel, cpu_threads
+        self._futures: list = []
+
+    def run(self, requests: Iterable[PartitionRequest], on_epoch: EpochReport) -> Iterator[PartitionOutcome]:
+        from distributed import Event, Queue, Variable, as_completed
+
+        progress, lease = Queue(self.channel.progress, client=self.client), Variable(self.channel.lease, client=self.client)
+        Event(self.channel.cancel, client=self.client).clear()
+        renewals = itertools.count()
+        lease.set(next(renewals))
+        requests = list(requests)
+        self._futures = [
+            self.client.submit(run_on_worker, request, self.channel, key=f"fly64-{self.channel.run_id}-{request.key}",
+                               pure=False, retries=TASK_RETRIES)
+            for request in requests
+        ]
+        keys = {future.key: request.key for future, request in zip(self._futures, requests)}
+        finished, renewed = as_completed(self._futures, loop=self.client.loop), time.monotonic()
+        while True:
+            for key, epoch, loss in progress.get(batch=True):
+                on_epoch(key, epoch, loss)
+            if time.monotonic() - renewed > LEASE_REFRESH_S:
+                lease.set(next(renewals))
+                renewed = time.monotonic()
+            ready = finished.next_batch(block=False)
+            for future in ready:
+                yield self._outcome(future, keys[future.key])
+            if finished.is_empty():
+                break
+            if not ready:
+                time.sleep(POLL_S)
+        for key, epoch, loss in progress.get(batch=True):  # the last epochs of the last partition
+            on_epoch(key, epoch, loss)
+
+    @staticmethod
+    def _outcome(future, key: str) -> PartitionOutcome:
+        """The task's outcome; a task that could not run (its workers died, the cluster went away) is a failure."""
+        try:
+            return future.result()
+        except Exception as error:  # noqa: BLE001 - e.g. KilledWorker: this partition fails, the others go on
+            return PartitionOutcome(key, failure=f"its dask task failed: {type(error).__name__}: {error}")
+
+    def stop(self) -> None:
+        """Tell this run's tasks to stop (within an epoch) and forget those not started."""
+        from distributed import Event
+
+        with contextlib.suppress(Exception):  # the cluster may be gone already
+            Event(self.channel.cancel, client=self.client).set()
+            self.client.cancel(self._futures)
+
+
+@contextlib.contextmanager
+def cluster_dispatch(
+    run_id: str, *, scheduler: str = "", cluster_file: str = "", local_workers: int = 0, gpus: int = 0,
+    cpu_threads: int | None = None, lease_timeout_s: float = 30.0,
+) -> Iterator[ClusterDispatch]:
+    """A dispatch on the running scheduler at ``scheduler``, else on a cluster started for this run from
+    ``cluster_file`` or on this machine (``local_workers`` workers over ``gpus`` GPUs), closed at the end. However
+    the run ends (done, failed, terminated), its tasks are told to stop."""
+    from distributed import Client
+
+    if scheduler:
+        cluster = None
+    elif cluster_file:
+        cluster = cluster_from_file(Path(cluster_file))
+    else:
+        cluster = local_cluster(local_workers, gpus)
+    try:
+        with Client(scheduler or cluster, set_as_default=False) as client:
+            dispatch = ClusterDispatch(client, RunChannel(run_id, lease_timeout_s), cpu_threads)
+            try:
+                yield dispatch
+            finally:
+                dispatch.stop()
+    finally:
+        if cluster is not None:
+            cluster.close()
