@@ -47,7 +47,7 @@ from fly64_assets.core.design import ALL_DATASETS, Dataset  # noqa: E402
 from fly64_assets.core.partition_task import peak_concurrency  # noqa: E402
 from fly64_assets.core.quality import compare_to_truth  # noqa: E402
 from fly64_assets.core.synthetic import simulate_study  # noqa: E402
-from fly64_assets_tests.dagster_dev import DagsterDev, run_ui_backfill  # noqa: E402
+from fly64_assets_tests.dagster_dev import DagsterDev, StudyUI, run_ui_backfill  # noqa: E402
 
 PER_PATTERN_KEYS = ("diffraction", "xcoords", "ycoords", "scan_index", "Y", "filenames", "nn_indices")
 WHOLE_STUDY_RANGE = "1000|baseline_train...100000|sparse_test"
@@ -216,13 +216,6 @@ def count_runs(env: dict) -> int:
 
     with DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         return len(instance.get_runs())
-
-
-class StudyUI(DagsterDev):
-    """``fly64 ui`` (what ``make ui`` runs): a warm dask cluster and ``dagster dev`` beside it."""
-
-    def command(self) -> list[str]:
-        return [self.executable("fly64"), "ui", "--port", str(self.port)]
 
 
 def run_ui_path(study: Study, name: str, server_class=DagsterDev, regularization: str = "off") -> dict:

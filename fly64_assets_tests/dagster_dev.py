@@ -172,6 +172,18 @@ class DagsterDev:
 
 
 
+class StudyUI(DagsterDev):
+    """``fly64 ui`` (what ``make ui`` runs): one warm dask cluster on this machine and ``dagster dev`` beside it."""
+
+    def command(self) -> list[str]:
+        return [self.executable("fly64"), "ui", "--port", str(self.port)]
+
+    def scheduler_address(self) -> str:
+        """The cluster's scheduler, as ``fly64 ui`` prints it first."""
+        first = self.log_path.read_text().splitlines()[0]
+        return first.split("scheduler ", 1)[1].split(",", 1)[0]
+
+
 class SeparateServices(DagsterDev):
     """The production layout: ``dagster-webserver`` and ``dagster-daemon run`` as processes of their own. The daemon
     starts its own code server, whose run processes outlive a daemon that dies (the server waits for them)."""
