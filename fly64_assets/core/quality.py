@@ -152,40 +152,49 @@ def amplitude_gain(moving: np.ndarray, reference: np.ndarray) -> float:
 
 
 PLANE_L1_ITERATIONS = 30
-"""Iteratively reweighted least squares steps of the plane's least-absolute-deviations refinement."""
+"""At most this many iteratively reweighted least-squares steps of the plane's least-absolute-deviations fit."""
+PLANE_L1_TOLERANCE = 1e-9
+"""The L1 fit stops when no coefficient (rad, rad per pixel) moves by more than this."""
 
 
-def _phase_plane(moving: np.ndarray, reference: np.ndarray) -> np.ndarray:
+def _phase_plane(moving: np.ndarray, reference: np.ndarray, iterations: int = PLANE_L1_ITERATIONS) -> np.ndarray:
     """Phase ramp (no constant term) that, added to ``moving``, best matches ``reference``.
 
     A coarse gradient comes from the amplitude-weighted circular mean of neighbour phase steps of
     ``reference * conj(moving)`` (valid even where the ramp wraps); a plane fitted to the remaining,
-    unwrapped-small residual refines it, by amplitude-weighted least absolute deviations
-    (iteratively reweighted least squares): like the phase MAE it scores, the fit follows the bulk of the
-    box, so an error confined to part of it (a wrong feature, a noisy corner) is not tilted away.
+    unwrapped-small residual refines it: amplitude-weighted least squares, then ``iterations`` steps of
+    iteratively reweighted least squares towards the least absolute deviations: like the phase MAE it scores,
+    that fit follows the bulk of the box, so an error confined to part of it (a wrong feature, a noisy corner)
+    is not tilted away.
     """
     diff = reference * np.conj(moving)
     gy = np.angle(np.vdot(diff[:-1, :], diff[1:, :]))
     gx = np.angle(np.vdot(diff[:, :-1], diff[:, 1:]))
-    yy, xx = np.indices(diff.shape, dtype=float)
-    coarse = gy * yy + gx * xx
-    residual = np.angle(diff * np.exp(-1j * coarse)).ravel()
-    amplitude_weight = np.sqrt(np.abs(diff)).ravel()
-    # centred coordinates keep the normal equations well conditioned
-    design = np.column_stack([np.ones(diff.size), yy.ravel() - yy.mean(), xx.ravel() - xx.mean()])
+    ny, nx = diff.shape
+    y = np.arange(ny, dtype=float) - (ny - 1) / 2  # centred: well-conditioned normal equations
+    x = np.arange(nx, dtype=float) - (nx - 1) / 2
+    coarse = gy * y[:, None] + gx * x[None, :]
+    residual = np.angle(diff * np.exp(-1j * coarse))
+    amplitude_weight = np.sqrt(np.abs(diff))
     weight = amplitude_weight
     coefficients = np.zeros(3)
-    for _ in range(PLANE_L1_ITERATIONS + 1):
-        weighted = design * weight[:, None]
-        new = np.linalg.solve(weighted.T @ design, weighted.T @ residual)
-        converged = np.max(np.abs(new - coefficients)) < 1e-10
+    for step in range(iterations + 1):
+        # normal equations of the weighted fit residual ~ c + by * y + bx * x, from separable weighted sums
+        wy, wx = weight.sum(axis=1), weight.sum(axis=0)
+        wr = weight * residual
+        s_w, s_y, s_x = wy.sum(), wy @ y, wx @ x
+        s_yy, s_xx, s_xy = wy @ (y * y), wx @ (x * x), y @ weight @ x
+        normal = np.array([[s_w, s_y, s_x], [s_y, s_yy, s_xy], [s_x, s_xy, s_xx]])
+        rhs = np.array([wr.sum(), y @ wr.sum(axis=1), wr.sum(axis=0) @ x])
+        new = np.linalg.solve(normal, rhs)
+        converged = step > 0 and np.max(np.abs(new - coefficients)) < PLANE_L1_TOLERANCE
         coefficients = new
-        if converged:
+        if converged or step == iterations:
             break
-        misfit = np.abs(np.angle(np.exp(1j * (residual - design @ coefficients))))
+        misfit = np.abs(residual - coefficients[0] - coefficients[1] * y[:, None] - coefficients[2] * x[None, :])
         weight = amplitude_weight / np.maximum(misfit, 1e-6)
     _, by, bx = coefficients
-    return coarse + by * yy + bx * xx
+    return coarse + by * y[:, None] + bx * x[None, :]
 
 
 def frc(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -277,8 +286,8 @@ def align_to_truth(
     truth_box = truth_ov[box]
 
     moving = recon_ov[box]
-    if phase_plane:  # a steep ramp would bias the complex correlation: flatten it first
-        moving = remove_phase_offset(moving, truth_box, plane=True)
+    if phase_plane:  # a steep ramp would bias the complex correlation: flatten it first (least squares will do)
+        moving = moving * np.exp(1j * _phase_plane(moving, truth_box, iterations=0))
     _, shift = register(moving, truth_box)
     shifted = shift_image(recon_ov, shift)[box]
     ramp = (0.0, 0.0)
