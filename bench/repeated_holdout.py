@@ -47,9 +47,11 @@ def main() -> None:
     parser.add_argument("--scale", default="demo")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--doses", default="", help="only these doses (comma-separated); default all")
+    parser.add_argument("--families", default="", help="only these object families (comma-separated); default all")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     doses = {int(d) for d in args.doses.split(",") if d}
+    families = {f for f in args.families.split(",") if f}
     results = []
     print("| family | dose | split | 1se (seed 0): w, evidence | repeated: w, evidence | none | truth-best w: MAE | "
           "seed 0 vs best | repeated vs best | repeated vs none |")
@@ -57,7 +59,7 @@ def main() -> None:
     for path in args.bench_json:
         saved = json.loads(path.read_text())
         for row in saved["rows"]:
-            if doses and row["dose"] not in doses:
+            if (doses and row["dose"] not in doses) or (families and row["family"] not in families):
                 continue
             arrays = simulate_split(BENCH_SCALES[args.scale], row["dose"], row["split"], family=row["family"],
                                     probe=row["probe"], scan=row["scan"])
