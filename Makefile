@@ -38,5 +38,7 @@ PYTEST_WORKERS ?= 2
 test: install $(PTYCHODUS_SITE)/.installed
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
+# One warm dask cluster (127.0.0.1 only) and dagster dev beside it, every run's partitions on its workers; Ctrl-C
+# stops both (fly64_assets/cli.py: cmd_ui, docs/CLUSTER.md).
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/fly64 ui --port 3000

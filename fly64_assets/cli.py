@@ -234,7 +234,7 @@ def cmd_run(args) -> int:
     ensure_dagster_home()
     compute = _compute(args)
     with DagsterInstance.get() as instance:
-        print(f"{len(plan.selected)} partition(s) through Dagster on {compute.describe()}, instance {os.environ['DAGSTER_HOME']}")
+        print(f"{len(plan.selected)} partition(s) through Dagster on {compute.describe(resolve=False)}, instance {os.environ['DAGSTER_HOME']}")
         progress = progress_for(sys.stdout)
         try:
             outputs = launch.run_study(paths, plan, options, instance, progress, compute)

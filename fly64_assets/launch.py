@@ -129,8 +129,7 @@ def reconstruct(
     progress = progress or StudyProgress()
     datasets = sorted(datasets)
     progress.study_started(len(datasets))
-    # One reconstruction at a time in these runs: each may use every core of the machine it runs on.
-    config = {"ops": {"ptychi_reconstruction": {"config": {**options.as_dict(), "share_cores": False}}}}
+    config = {"ops": {"ptychi_reconstruction": {"config": options.as_dict()}}}
     outcomes = []
     for start, end in covering_ranges(datasets):
         started = time.perf_counter()

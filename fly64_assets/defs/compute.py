@@ -97,11 +97,15 @@ class StudyCompute(ConfigurableResource):
         gpus = gpu_count()
         return (gpus * WORKERS_PER_GPU if self.workers == AUTO else self.workers), gpus
 
-    def describe(self) -> str:
+    def describe(self, resolve: bool = True) -> str:
+        """Where the partitions go, in words; ``resolve=False`` does not count the GPUs (that imports torch, which
+        a command that only reports should not pay before its run)."""
         if self.scheduler:
             return f"the dask scheduler at {self.scheduler}"
         if self.cluster_file:
             return f"the dask cluster of {self.cluster_file}"
+        if self.workers == AUTO and not resolve:
+            return f"the machine's default compute ({WORKERS_PER_GPU} dask workers per GPU; this process without one)"
         workers, gpus = self.local_workers()
         if not workers:
             return "this process, one partition after another"
