@@ -293,19 +293,22 @@ LABELS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", choices=["demo", "standard", "full"], default="demo")
+    parser.add_argument("--scale", choices=["demo", "standard", "full"], default=None, help="demo (full with --gpu-full)")
     parser.add_argument("--max-patterns", type=int, default=0, help="cap per dataset (0: no cap)")
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=None, help="5 (100 with --gpu-full)")
     parser.add_argument("--batch-size", type=int, default=96)
     parser.add_argument("--paths", default=",".join(p for p in PATHS if p != "ui-auto"),
                         help=f"comma-separated, from {','.join(PATHS)} (old is always run)")
     parser.add_argument("--gpu-full", action="store_true",
-                        help="the uncapped GPU measurement: full scale, 100 epochs, old-all, ui-warm, materialize; the "
-                        "old way one by one sampled on one dataset per view")
+                        help="the uncapped GPU measurement: full scale, 100 epochs (unless --scale/--epochs say "
+                        "otherwise, e.g. to try it on a CPU at demo scale), old-all, ui-warm, materialize; the old way "
+                        "one by one sampled on one dataset per view")
     parser.add_argument("--out", type=Path, default=REPO / "bench-output")
     args = parser.parse_args()
     if args.gpu_full:
-        args.scale, args.max_patterns, args.epochs, args.paths = "full", 0, 100, "old-all,ui-warm,materialize"
+        args.paths = "old-all,ui-warm,materialize"
+    args.scale = args.scale or ("full" if args.gpu_full else "demo")
+    args.epochs = args.epochs or (100 if args.gpu_full else 5)
     chosen = ["old", *[p for p in args.paths.split(",") if p in PATHS and p != "old"]]
 
     out = args.out.resolve()
