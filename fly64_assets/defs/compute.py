@@ -139,7 +139,8 @@ class StudyCompute(ConfigurableResource):
         if not self.scheduler and not self.cluster_file and workers == 0:
             yield InlineDispatch(cpu_threads)
             return
-        threads = max(1, (os.cpu_count() or 1) // workers) if workers and not self.scheduler and not self.cluster_file else None
+        # A local cluster's workers share this machine's cores; a scheduler's or a batch job's workers set their own.
+        threads = None if self.scheduler or self.cluster_file else max(1, (os.cpu_count() or 1) // workers)
         with cluster_dispatch(
             run_id, scheduler=self.scheduler, cluster_file=self.cluster_file, local_workers=workers, gpus=gpus,
             cpu_threads=threads, lease_timeout_s=self.lease_timeout_s,

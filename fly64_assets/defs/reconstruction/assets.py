@@ -22,7 +22,6 @@ same reason, so a backfill ends successful and the gap is visible on that partit
 DATA-001 fails its partition, with an ERROR check listing every violation.
 """
 
-import dataclasses
 import os
 from collections.abc import Iterator
 
@@ -248,13 +247,6 @@ def ptychi_reconstruction(
         raise Failure(description="the study's roots are misconfigured:\n" + "\n".join(configuration_errors))
     selected = context.selected_asset_keys
     options = config.options()
-    requests = [
-        PartitionRequest(
-            Dataset.from_partition_key(key), study_paths.folders(), options, reconstruct=RECONSTRUCTION in selected,
-            score=QUALITY in selected, convergence_every=config.convergence_every, cpu_threads=None,
-        )
-        for key in context.partition_keys
-    ]
     started: set[str] = set()
 
     def on_epoch(key: str, epoch: int, loss: float) -> None:
@@ -268,8 +260,14 @@ def ptychi_reconstruction(
     failures, placements = {}, []
     cpu_threads = cpu_threads_per_reconstruction(context, config.share_cores)
     with study_compute.dispatch(context.run.run_id, study_paths.folders(), cpu_threads) as dispatch:
-        context.log.info(f"{len(requests)} partition(s) on {study_compute.describe()}")
-        requests = [dataclasses.replace(request, cpu_threads=dispatch.cpu_threads) for request in requests]
+        context.log.info(f"{len(context.partition_keys)} partition(s) on {study_compute.describe()}")
+        requests = [
+            PartitionRequest(
+                Dataset.from_partition_key(key), study_paths.folders(), options, reconstruct=RECONSTRUCTION in selected,
+                score=QUALITY in selected, convergence_every=config.convergence_every, cpu_threads=dispatch.cpu_threads,
+            )
+            for key in context.partition_keys
+        ]
         for outcome in dispatch.run(requests, on_epoch):
             key = outcome.key
             _logged(outcome, context.log)
