@@ -39,6 +39,8 @@ pytestmark = pytest.mark.timeout(420)
 EPOCHS = 5
 LONG_EPOCHS = 2000
 """A reconstruction that would run for minutes: the tests that use it interrupt it."""
+CHOICE_EPOCHS = 600
+"""An ``auto`` choice with a short shared start (120 epochs), then 60 epochs per candidate: long enough to be caught."""
 BASELINE_1000 = ["1000|baseline_train", "1000|baseline_test"]
 SPARSE_1000 = ["1000|sparse_train", "1000|sparse_test"]
 """Absent from the demo tree: expected skips."""
@@ -76,8 +78,9 @@ def _record(paths: StudyPaths, key: str) -> dict:
     return json.loads((paths.artifact_dir(Dataset.from_partition_key(key)) / RECONSTRUCTION_RECORD).read_text())
 
 
-def _reconstruct(paths: StudyPaths, keys: list[str], compute: StudyCompute, instance, epochs: int = EPOCHS):
-    options = ReconstructionOptions(epochs=epochs, regularization="off")
+def _reconstruct(paths: StudyPaths, keys: list[str], compute: StudyCompute, instance, epochs: int = EPOCHS,
+                 regularization: str = "off"):
+    options = ReconstructionOptions(epochs=epochs, regularization=regularization)
     (outcome,) = launch.reconstruct(paths, [Dataset.from_partition_key(key) for key in keys], options, instance,
                                     compute=compute)
     return outcome
@@ -191,6 +194,25 @@ def test_partitions_run_at_once_on_the_running_schedulers_warm_workers_each_reco
         assert materialized[first].timestamp < _utc(records[last]["ended_utc"])
 
 
+def test_an_auto_choice_runs_its_candidates_as_tasks_at_once_and_chooses_as_in_one_process(cluster, study, tmp_path):
+    started, client = cluster
+    pids = set(_worker_pids(client).values())
+    key = "1000|baseline_train"
+    inline = StudyPaths(phase_c_root=study.phase_c_root, phase_d_root=study.phase_d_root,
+                        artifact_root=str(tmp_path / "inline"))
+    with instance_for_test() as instance:
+        on_cluster = _reconstruct(study, [key], StudyCompute(scheduler=started.scheduler_address), instance, 10, "auto")
+        in_process = _reconstruct(inline, [key], StudyCompute(workers=0), instance, 10, "auto")
+    assert on_cluster.success and in_process.success, (on_cluster.error, in_process.error)
+    choice, reference = _record(study, key)["regularization"], _record(inline, key)["regularization"]
+    ran_on = [candidate["ran_on"]["pid"] for candidate in choice["candidates"]]
+    assert len(ran_on) == 6 and set(ran_on) == pids  # six candidate tasks, spread over both warm workers
+    assert {candidate["ran_on"]["pid"] for candidate in reference["candidates"]} == {os.getpid()}
+    assert choice["chosen"] == reference["chosen"]
+    for task, local in zip(choice["candidates"], reference["candidates"]):
+        assert task["poisson_deviance"] == pytest.approx(local["poisson_deviance"], rel=1e-3)
+
+
 def test_a_partition_whose_task_raises_fails_alone_with_its_reason(cluster, study):
     started, _ = cluster
     blocked = study.artifact_dir(Dataset.from_partition_key("1000|baseline_test"))
@@ -248,8 +270,9 @@ def test_a_worker_killed_mid_task_costs_its_partition_a_retry_and_the_others_fin
     client.wait_for_workers(2, timeout=120)  # the nanny restarted the killed worker
 
 
-def _materialize_command(paths: StudyPaths, key: str, epochs: int, lease_timeout_s: float | None = None) -> list[str]:
-    config = {"ops": {"ptychi_reconstruction": {"config": {"epochs": epochs, "regularization": "off"}}}}
+def _materialize_command(paths: StudyPaths, key: str, epochs: int, lease_timeout_s: float | None = None,
+                         regularization: str = "off") -> list[str]:
+    config = {"ops": {"ptychi_reconstruction": {"config": {"epochs": epochs, "regularization": regularization}}}}
     if lease_timeout_s is not None:
         config["resources"] = {"study_compute": {"config": {"lease_timeout_s": lease_timeout_s}}}
     return [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "fly64_assets.definitions",
@@ -292,6 +315,33 @@ def test_a_killed_run_stops_its_tasks_on_a_shared_cluster_within_an_epoch_of_its
     print(f"the orphaned task stopped {time.monotonic() - killed:.1f} s after its run was killed (lease 3 s)")
     assert "its run is gone or was terminated" in (folder / "ptychi.log").read_text()  # its log says why, whole
     assert sorted(path.name for path in folder.iterdir()) == ["ptychi.log"]  # no reconstruction, nothing partial
+
+
+def test_a_killed_runs_candidate_tasks_stop_within_an_epoch_of_its_lease(cluster, study, tmp_path):
+    """The candidates of an ``auto`` choice are tasks of their own, on other workers: they watch the run too."""
+    started, client = cluster
+    key = "1000|baseline_test"
+    folder = study.artifact_dir(Dataset.from_partition_key(key))
+    env = _environment(study, tmp_path, **{DASK_SCHEDULER_ENV: started.scheduler_address})
+    with open(tmp_path / "materialize.log", "wb") as log:
+        run = subprocess.Popen(_materialize_command(study, key, CHOICE_EPOCHS, lease_timeout_s=3, regularization="auto"),
+                               cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _busy_worker(client, "_candidate_task", timeout_s=300)  # a candidate task runs
+            run.kill()
+            killed = time.monotonic()
+            run.wait()
+            while any(tasks for tasks in client.processing().values()):
+                assert time.monotonic() - killed < 3 + 20, f"tasks still run after the lease expired: {client.processing()}"
+                time.sleep(0.1)
+        finally:
+            if run.poll() is None:
+                run.kill()
+    print(f"the killed run's candidate tasks stopped {time.monotonic() - killed:.1f} s after the kill (lease 3 s)")
+    while _partials(folder):  # the partition's task writes its log whole as it stops
+        assert time.monotonic() - killed < 3 + 30
+        time.sleep(0.1)
+    assert sorted(path.name for path in folder.iterdir()) == ["ptychi.log"]
 
 
 def test_a_killed_run_with_its_own_cluster_leaves_no_worker_behind(study, tmp_path):

@@ -50,7 +50,7 @@ from fly64_assets.core.geometry import Geometry, GeometryError, resolve_geometry
 from fly64_assets.core.lsqml import DeviceUnavailableError, GpuOutOfMemoryError, ReconstructionResult
 from fly64_assets.core.options import Regularization, ReconstructionOptions
 from fly64_assets.core.ptychodus_product import write_products
-from fly64_assets.core.regularization import choose_and_reconstruct
+from fly64_assets.core.regularization import CandidateMap, choose_and_reconstruct, in_turn
 
 RECONSTRUCTION_FILE = "ptychi_reconstruction.npz"
 PREVIEW_FILE = "preview.png"
@@ -260,10 +260,13 @@ def reconstruct_partition(
     on_epoch: EpochReport,
     step_log: StepLog,
     load: LoadValid | None = None,
+    on_choice_epoch: EpochReport | None = None,
+    map_candidates: CandidateMap = in_turn,
 ) -> Skipped | Reconstructed:
     """Reconstruct one dataset with ``options`` (the TV weight chosen here when they say ``auto``), write the
     NPZ, preview, ptychodus products, the whole log and the record into its artifact folder; ``on_epoch`` gets
-    the final reconstruction's every epoch and loss."""
+    the final reconstruction's every epoch and loss, ``on_choice_epoch`` the choice's epochs (``auto``), whose
+    candidates run where ``map_candidates`` puts them."""
     from fly64_assets.core import figures  # matplotlib: only where a partition draws
 
     load = load or partition_loader()
@@ -292,6 +295,7 @@ def reconstruct_partition(
             result, choice = choose_and_reconstruct(
                 arrays["diffraction"], arrays["probeGuess"], arrays["ycoords"], arrays["xcoords"], options, report_epoch,
                 cpu_threads, snapshot_every=convergence.every if convergence else 0, on_snapshot=convergence,
+                on_choice_epoch=on_choice_epoch, map_candidates=map_candidates,
             )
         except (DeviceUnavailableError, GpuOutOfMemoryError) as error:
             raise PartitionFailed(str(error)) from error

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from fly64_assets.core.contract import Violation
 from fly64_assets.core.design import Dataset
 from fly64_assets.core.options import ReconstructionOptions
+from fly64_assets.core.regularization import CandidateMap, in_turn
 from fly64_assets.core.partition import (
     InputRejected,
     PartitionFailed,
@@ -102,22 +103,42 @@ class _Notes:
         self._notes.append(("warning", msg))
 
 
+def never() -> bool:
+    """The ``should_stop`` of a partition nobody can terminate."""
+    return False
+
+
+@dataclass(frozen=True)
+class StopAtEpoch:
+    """An epoch callback that raises ``Cancelled`` when ``should_stop()`` says so; picklable when ``should_stop`` is
+    (the candidates of a choice may run as tasks elsewhere and must stop too)."""
+
+    key: str
+    should_stop: Callable[[], bool]
+
+    def __call__(self, epoch: int, loss: float) -> None:  # noqa: ARG002 - the epoch callback's signature
+        if self.should_stop():
+            raise Cancelled(f"{self.key}: its run is gone or was terminated (stopped after epoch {epoch})")
+
+
 def run_partition(
     request: PartitionRequest,
     on_epoch: Callable[[int, float], None],
-    should_stop: Callable[[], bool] = lambda: False,
+    should_stop: Callable[[], bool] = never,
+    map_candidates: CandidateMap = in_turn,
 ) -> PartitionOutcome:
     """Reconstruct and/or score ``request``'s partition; ``on_epoch(epoch, loss)`` for each epoch of the final
-    reconstruction. ``should_stop`` is asked every epoch; when it says yes, ``Cancelled`` is raised."""
+    reconstruction. ``should_stop`` is asked every epoch (the choice's too, with ``auto``); when it says yes,
+    ``Cancelled`` is raised. ``map_candidates`` says where the candidates of an ``auto`` choice run."""
     outcome = PartitionOutcome(request.key)
     outcome.placement = {
         "host": socket.gethostname(), "pid": os.getpid(), "device": request.options.device,
         "started_utc": utc_now(), "ended_utc": None,
     }
+    stop_at_epoch = StopAtEpoch(request.key, should_stop)
 
     def report_epoch(epoch: int, loss: float) -> None:
-        if should_stop():
-            raise Cancelled(f"{request.key}: its run is gone or was terminated (stopped after epoch {epoch})")
+        stop_at_epoch(epoch, loss)
         on_epoch(epoch, loss)
 
     load = partition_loader()
@@ -126,6 +147,7 @@ def run_partition(
             done = reconstruct_partition(
                 request.dataset, request.folders, request.options, convergence_every=request.convergence_every,
                 cpu_threads=request.cpu_threads, on_epoch=report_epoch, step_log=_Notes(outcome.notes), load=load,
+                on_choice_epoch=stop_at_epoch, map_candidates=map_candidates,
             )
             if isinstance(done, Skipped):
                 outcome.skipped = done

@@ -7,7 +7,8 @@ overlap, the object, the probe), so it is chosen from the data themselves, the w
 1. Hold out a seeded random ``holdout_percent`` of the patterns.
 2. Reconstruct on the rest once per candidate weight (0 = no regularization among them). To keep this cheap
    the candidates share an unregularized start (20 % of the epochs, on the kept patterns), then each
-   candidate continues from that object and probe for 10 % of the epochs with its own weight.
+   candidate continues from that object and probe for 10 % of the epochs with its own weight. The candidates
+   are independent of each other: on a dask cluster each is a task of its own, run at once (``CandidateMap``).
 3. Predict each held-out pattern from each candidate's object and probe, with pty-chi's forward model
    (``|FFT(probe x object window)|^2``, DC-centred like the files) and score the prediction against the
    measured counts by the Poisson deviance (the photon-counting likelihood, zero for a perfect fit).
@@ -36,8 +37,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -92,6 +97,8 @@ class CandidateScore:
     amplitude_mse: float
     """Mean over held-out pixels of (sqrt(mu) - sqrt(n))^2: the Gaussian (amplitude) model's score, for comparison."""
     wall_time_s: float
+    ran_on: dict = field(default_factory=dict)
+    """host and pid of the process that reconstructed this candidate (a dask worker's, when they run as tasks)."""
     excess_over_lowest: float = 0.0
     """Mean over the held-out patterns of this candidate's deviance minus the lowest-scoring candidate's."""
     excess_standard_error: float = 0.0
@@ -262,7 +269,48 @@ def _score(result: ReconstructionResult, amplitudes, ycoords, xcoords, member: R
         pattern_deviances=per_pattern.tolist(),
         amplitude_mse=amplitude_mse(counts, predicted),
         wall_time_s=wall,
+        ran_on={"host": socket.gethostname(), "pid": os.getpid()},
     )
+
+
+CandidateMap = Callable[[Callable[[Any, Any], Any], Any, list], list]
+"""How the candidates run: ``map_candidates(function, shared, items)`` returns ``[function(shared, item) for item
+in items]``, in order. ``in_turn`` does exactly that, here; a partition running as a dask task is given one that
+runs each candidate as a task of its own (``lib.dask_compute.candidates_as_tasks``), so that they run at once on
+the cluster's free workers. ``shared`` is what every candidate needs (the data: sent once), ``items`` what differs."""
+
+
+def in_turn(function: Callable[[Any, Any], Any], shared: Any, items: list) -> list:
+    """The candidates one after another, in this process."""
+    return [function(shared, item) for item in items]
+
+
+@dataclass(frozen=True)
+class CandidateInputs:
+    """What every candidate of one choice needs: the data, the held-out mask and the shared start."""
+
+    amplitudes: np.ndarray
+    probe_guess: np.ndarray
+    ycoords: np.ndarray
+    xcoords: np.ndarray
+    held: np.ndarray
+    initial_object: np.ndarray | None
+    initial_probe: np.ndarray | None
+    cpu_threads: int | None
+    on_epoch: EpochCallback | None
+    """Asked every epoch; raising stops the candidate (a run that was terminated). Picklable where the candidates
+    run as tasks."""
+
+
+def reconstruct_and_score(inputs: CandidateInputs, options: ReconstructionOptions) -> CandidateScore:
+    """One candidate: reconstruct on the kept patterns with ``options`` (a fixed weight), score on the held-out."""
+    began = time.perf_counter()
+    kept, held = ~inputs.held, inputs.held
+    result = reconstruct(inputs.amplitudes, inputs.probe_guess, inputs.ycoords, inputs.xcoords, options, inputs.on_epoch,
+                         inputs.cpu_threads, use_patterns=kept, initial_object=inputs.initial_object,
+                         initial_probe=inputs.initial_probe)
+    return _score(result, inputs.amplitudes[held], inputs.ycoords[held], inputs.xcoords[held], options.regularization,
+                  time.perf_counter() - began)
 
 
 def one_standard_error_rule(scores: list[CandidateScore]) -> tuple[int, int, list[CandidateScore]]:
@@ -352,13 +400,17 @@ def score_candidates(
     shared_epochs: int | None = None,
     candidate_epochs: int | None = None,
     cpu_threads: int | None = None,
+    *,
+    on_epoch: EpochCallback | None = None,
+    map_candidates: CandidateMap = in_turn,
 ) -> tuple[list[CandidateScore], np.ndarray, float]:
     """Reconstruct each candidate on the kept patterns and score it on the held-out ones.
 
     ``shared_epochs`` > 0: an unregularized start shared by the candidates, which each continue for
     ``candidate_epochs``; 0: each candidate from scratch for ``candidate_epochs``. Returns the scores (in the
     order of ``candidates``), the held-out mask and the pattern-epochs spent (in full-data epochs). Epochs left
-    None follow ``options.epochs`` (``candidate_epochs_for``).
+    None follow ``options.epochs`` (``candidate_epochs_for``). ``on_epoch`` is called at every epoch of the shared
+    start and of each candidate (to stop them: raise); ``map_candidates`` says where the candidates run.
     """
     shared_epochs, candidate_epochs = _choice_epochs(options, shared_epochs, candidate_epochs)
     amplitudes = np.asarray(diffraction_amplitude)
@@ -372,20 +424,18 @@ def score_candidates(
              ", ".join(f"{member.tv_weight:g}" for member in candidates))
     if shared_epochs > 0:
         shared_options = options.model_copy(update={"regularization": Regularization.off, "epochs": shared_epochs})
-        shared = reconstruct(amplitudes, probe_guess, ycoords, xcoords, shared_options, cpu_threads=cpu_threads,
+        shared = reconstruct(amplitudes, probe_guess, ycoords, xcoords, shared_options, on_epoch, cpu_threads,
                              use_patterns=~held)
         initial_object, initial_probe = shared.object, shared.probe
         epochs_spent += kept_fraction * shared_epochs
-    scores = []
-    for member in candidates:
-        candidate_options = options.model_copy(update={"regularization": member, "epochs": candidate_epochs})
-        began = time.perf_counter()
-        result = reconstruct(amplitudes, probe_guess, ycoords, xcoords, candidate_options, cpu_threads=cpu_threads,
-                             use_patterns=~held, initial_object=initial_object, initial_probe=initial_probe)
-        epochs_spent += kept_fraction * candidate_epochs
-        scores.append(_score(result, amplitudes[held], ycoords[held], xcoords[held], member, time.perf_counter() - began))
-        log.info("candidate %d/%d, TV weight %g: held-out Poisson deviance %.5f per pixel (%.1f s)", len(scores),
-                 len(candidates), member.tv_weight, scores[-1].poisson_deviance, scores[-1].wall_time_s)
+    inputs = CandidateInputs(amplitudes, np.asarray(probe_guess), ycoords, xcoords, held, initial_object, initial_probe,
+                             cpu_threads, on_epoch)
+    each = [options.model_copy(update={"regularization": member, "epochs": candidate_epochs}) for member in candidates]
+    scores = map_candidates(reconstruct_and_score, inputs, each)
+    epochs_spent += kept_fraction * candidate_epochs * len(candidates)
+    for number, score in enumerate(scores, 1):
+        log.info("candidate %d/%d, TV weight %g: held-out Poisson deviance %.5f per pixel (%.1f s, pid %s)", number,
+                 len(scores), score.tv_weight, score.poisson_deviance, score.wall_time_s, score.ran_on.get("pid"))
     return scores, held, epochs_spent
 
 
@@ -403,14 +453,18 @@ def choose_and_reconstruct(
     candidates: tuple[Regularization, ...] = CANDIDATES,
     shared_epochs: int | None = None,
     candidate_epochs: int | None = None,
+    on_choice_epoch: EpochCallback | None = None,
+    map_candidates: CandidateMap = in_turn,
 ) -> tuple[ReconstructionResult, RegularizationChoice | None]:
     """The reconstruction ``options`` ask for, with the TV weight chosen here when they say ``auto``.
 
     With ``off`` or a fixed ``tv_*`` weight this is one ``lsqml.reconstruct`` and the record is None. With
     ``auto``: the candidates are scored on held-out patterns (module docstring), then the final reconstruction
     runs on every pattern with the winner and ``options.epochs`` epochs; ``on_epoch`` and the snapshots (as in
-    ``lsqml.reconstruct``) are of that final run only; ``options`` None: the study's defaults with ``auto``. The returned result's ``options`` carry the chosen weight (e.g. ``tv_0_1``), so the record
-    beside the reconstruction says what was run. Deterministic for a given ``options.random_seed``.
+    ``lsqml.reconstruct``) are of that final run only, ``on_choice_epoch`` is called at the choice's epochs (to stop
+    them: raise), and ``map_candidates`` says where the candidates run (``CandidateMap``); ``options`` None: the
+    study's defaults with ``auto``. The returned result's ``options`` carry the chosen weight (e.g. ``tv_0_1``), so
+    the record beside the reconstruction says what was run. Deterministic for a given ``options.random_seed``.
 
     No choice is made (one reconstruction, ``cost_factor`` 1, the reason in ``notes``) when ``candidates`` holds a
     single weight (reusing the weight chosen on a sibling dataset, e.g. the other split at the same dose and
@@ -452,7 +506,7 @@ def choose_and_reconstruct(
     began = time.perf_counter()
     scores, held, epochs_spent = score_candidates(
         diffraction_amplitude, probe_guess, ycoords, xcoords, options, candidates, shared_epochs, candidate_epochs,
-        cpu_threads,
+        cpu_threads, on_epoch=on_choice_epoch, map_candidates=map_candidates,
     )
     best, lowest, scores = one_standard_error_rule(scores)
     chosen = candidates[best]

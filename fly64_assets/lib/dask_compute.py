@@ -14,6 +14,10 @@ Each ``local_cluster`` worker is pinned to one GPU (``CUDA_VISIBLE_DEVICES``), i
 it starts (``dask_setup``, the worker preload) and keeps them; every address it opens is on 127.0.0.1, because
 a dask scheduler runs whatever code a client sends it.
 
+With ``regularization: auto`` a partition's task runs its candidate reconstructions as tasks of their own
+(``candidates_as_tasks``, dask's tasks-from-tasks: the partition's task leaves its worker's thread while it waits),
+so the six candidates run at once on whichever workers are free, then the final reconstruction follows.
+
 A task learns that its run is over in two ways, checked every epoch: the run sets its cancel ``Event``
 (terminated, or its step failed), or the run's lease ``Variable`` stops changing for ``lease_timeout_s`` (the
 run process was killed and cannot say so). A worker killed mid-task (SIGKILL, out of memory) costs its
@@ -38,6 +42,8 @@ LEASE_REFRESH_S = 2.0
 POLL_S = 0.2
 TASK_RETRIES = 1
 """A task whose worker died (killed, out of memory) runs once more on another worker."""
+CANDIDATE_PRIORITY = 1
+"""Above the partitions' 0: a partition waiting on its candidates is served before the next partition starts."""
 
 JOBQUEUE_CLUSTERS = {
     "slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster", "lsf": "LSFCluster", "oar": "OARCluster",
@@ -150,19 +156,65 @@ class _LeaseWatch:
         return now - self._seen > self._timeout_s
 
 
+class RunEnded:
+    """A run task's ``should_stop``: the run's cancel ``Event`` is set or its lease expired. Picklable (the
+    candidates of a choice take it to other workers); it reaches the scheduler from wherever it is called."""
+
+    def __init__(self, channel: RunChannel) -> None:
+        self.channel = channel
+        self._probes = None
+
+    def __getstate__(self) -> dict:
+        return {"channel": self.channel}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["channel"])
+
+    def __call__(self) -> bool:
+        if self._probes is None:
+            from distributed import Event, Variable
+
+            self._probes = (Event(self.channel.cancel), _LeaseWatch(Variable(self.channel.lease), self.channel.lease_timeout_s))
+        cancel, lease = self._probes
+        return cancel.is_set() or lease.expired()
+
+
+def _candidate_task(function, shared, item):
+    """One candidate; stopped because its run ended, it returns the ``Cancelled`` (not an error for dask to log and
+    retry), and the partition's task raises it."""
+    try:
+        return function(shared, item)
+    except Cancelled as error:
+        return error
+
+
+def candidates_as_tasks(function, shared, items: list) -> list:
+    """A ``CandidateMap`` for a task on a worker: each item a task of its own on the same cluster, ``shared`` sent
+    once; this task leaves its worker's thread while it waits (``worker_client``), so the candidates may run
+    there too."""
+    from distributed import worker_client
+
+    with worker_client() as client:
+        [shared_future] = client.scatter([shared], hash=False)
+        futures = client.map(_candidate_task, [function] * len(items), [shared_future] * len(items), items, pure=False,
+                             priority=CANDIDATE_PRIORITY, retries=TASK_RETRIES)
+        results = client.gather(futures)
+    for result in results:
+        if isinstance(result, Cancelled):
+            raise result
+    return results
+
+
 def run_on_worker(request: PartitionRequest, channel: RunChannel) -> PartitionOutcome:
     """The task: ``run_partition`` with its epochs sent to the run's progress queue and the run's end noticed
-    every epoch. A cancelled partition comes back as a failure (so dask does not retry it)."""
-    from distributed import Event, Queue, Variable
+    every epoch (the choice's candidates, tasks of their own, too). A cancelled partition comes back as a failure
+    (so dask does not retry it)."""
+    from distributed import Queue
 
-    progress, cancel = Queue(channel.progress), Event(channel.cancel)
-    lease = _LeaseWatch(Variable(channel.lease), channel.lease_timeout_s)
+    progress = Queue(channel.progress)
     try:
-        return run_partition(
-            request,
-            lambda epoch, loss: progress.put((request.key, epoch, loss)),
-            lambda: cancel.is_set() or lease.expired(),
-        )
+        return run_partition(request, lambda epoch, loss: progress.put((request.key, epoch, loss)), RunEnded(channel),
+                             candidates_as_tasks)
     except Cancelled as error:
         return PartitionOutcome(request.key, failure=str(error))
 
