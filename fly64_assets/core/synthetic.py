@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage, signal
 
 from fly64_assets.core.coverage import window_starts
 from fly64_assets.core.design import (
@@ -120,6 +119,8 @@ def make_probe(size: int = PATTERN_SIZE) -> np.ndarray:
 
 def _smooth_texture(size: int, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Gaussian-filtered white noise rescaled to [0, 1]."""
+    from scipy import ndimage  # scipy only where data are simulated: every fly64 command imports this module
+
     texture = ndimage.gaussian_filter(rng.standard_normal((size, size)), sigma)
     return (texture - texture.min()) / (texture.max() - texture.min())
 
@@ -328,6 +329,8 @@ def _scale_probe_to_dose(
     By Parseval a pattern's total is ``N * sum |probe * window|**2``; the window sums of ``|obj|**2``
     weighted by ``|probe|**2`` are one correlation, so no pattern has to be simulated here.
     """
+    from scipy import signal
+
     weighted = signal.correlate(
         np.abs(obj.astype(np.complex128)) ** 2, np.abs(probe.astype(np.complex128)) ** 2, mode="valid"
     )
