@@ -12,9 +12,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def png_bytes(figure) -> bytes:
+def png_bytes(figure, crop: bool = True) -> bytes:
+    """The figure as PNG; ``crop`` trims it to what is drawn (one more full draw: the per-partition previews, drawn
+    for every partition, place their panels themselves instead)."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+    figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight" if crop else None)
     plt.close(figure)
     return buffer.getvalue()
 
@@ -38,7 +40,8 @@ def reconstruction_preview(obj: np.ndarray, probe: np.ndarray, title: str) -> by
         axis.set_axis_off()
         figure.colorbar(shown, ax=axis, fraction=0.046)
     figure.suptitle(title)
-    return png_bytes(figure)
+    figure.subplots_adjust(left=0.01, right=0.95, bottom=0.03, top=0.8, wspace=0.3)
+    return png_bytes(figure, crop=False)
 
 
 def curves_preview(loss_per_epoch, convergence: dict | None) -> bytes:
@@ -56,5 +59,5 @@ def curves_preview(loss_per_epoch, convergence: dict | None) -> bytes:
         axes[0, 1].set(title="phase error against the truth", xlabel="epoch", ylabel="phase MAE (rad)")
     for axis in axes.ravel():
         axis.grid(True, alpha=0.3)
-    figure.tight_layout()
-    return png_bytes(figure)
+    figure.subplots_adjust(left=0.1 if with_truth else 0.17, right=0.98, bottom=0.19, top=0.89, wspace=0.32)
+    return png_bytes(figure, crop=False)

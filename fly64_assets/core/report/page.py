@@ -98,10 +98,20 @@ class Section:
     body: Markup
 
 
+_DATA_URI = re.compile(r"data:image/png;base64,[A-Za-z0-9+/=]+")
+
+
 def html_page(title: str, markdown: str) -> str:
     """One self-contained HTML document from :func:`report_markdown`'s text: the part before the first ``###``
     heading (headline and notes) as the lead, then a list of contents and every section."""
+    # The figures' data URIs (most of the text) are set aside while markdown-it parses: it scans every character.
+    images: list[str] = []
+    markdown = _DATA_URI.sub(lambda found: images.append(found.group()) or f"fly64-figure-{len(images) - 1}", markdown)
     tokens = _MARKDOWN.parse(markdown)
+    for token in tokens:
+        for child in token.children or ():
+            if child.type == "image" and (source := str(child.attrGet("src") or "")).startswith("fly64-figure-"):
+                child.attrSet("src", images[int(source.removeprefix("fly64-figure-"))])
     starts = [i for i, token in enumerate(tokens) if token.type == "heading_open" and token.tag == "h3"]
     sections = []
     for start, end in zip(starts, [*starts[1:], len(tokens)]):
