@@ -9,10 +9,9 @@ import math
 
 import numpy as np
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter
 
 from fly64_assets.core.design import DOSES, SPLITS, VIEWS
-from fly64_assets.core.figures import plt, png_bytes
+from fly64_assets.core.figures import log_scale_plain_labels, plt, png_bytes
 from fly64_assets.core.report.fits import CONVERGENCE_METRICS, convergence_verdicts, format_exponent
 from fly64_assets.core.report.records import (
     EXPECTED_DOSE_EXPONENT,
@@ -191,15 +190,7 @@ def metrics_vs_dose_png(rows: list[dict], split: str | None = None) -> bytes:
         handles.append(_one_split_handle())
         labels.append(_ONE_SPLIT_HANDLE_LABEL)
     figure.legend(handles, labels, loc="lower center", ncol=len(handles), frameon=False)
-    return png_bytes(figure)
-
-
-def _log_minor_label(value: float, _position=None) -> str:
-    """Label the 2, 3 and 5 minor ticks of a log axis (a resolution range is often under a decade)."""
-    if value <= 0:
-        return ""
-    mantissa = round(value / 10 ** math.floor(math.log10(value)), 6)
-    return f"{value:g}" if mantissa in (2.0, 3.0, 5.0) else ""
+    return png_bytes(figure, crop=False)  # tight_layout has placed every panel and the legend
 
 
 def resolution_fit_png(rows: list[dict], exponents: dict[str, dict], split: str | None = None) -> bytes:
@@ -250,7 +241,7 @@ def resolution_fit_png(rows: list[dict], exponents: dict[str, dict], split: str 
         handles.append(_one_split_handle())
         labels.append(_ONE_SPLIT_HANDLE_LABEL)
     axis.set_xscale("log")
-    axis.set_yscale("log")
+    log_scale_plain_labels(axis)
     axis.set_xticks(DOSES, [dose_label(d) for d in DOSES])
     axis.set_xlim(dose_grid[0], dose_grid[-1])
     if all_resolutions:
@@ -259,15 +250,13 @@ def resolution_fit_png(rows: list[dict], exponents: dict[str, dict], split: str 
     else:
         where = "either split" if split is None else f"the {split} split"
         axis.text(0.5, 0.6, f"no scored jobs on {where}", ha="center", transform=axis.transAxes, color="#404040")
-    axis.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    axis.yaxis.set_minor_formatter(FuncFormatter(_log_minor_label))
     axis.set_xlabel("dose (photons per pattern)")
     axis.set_ylabel("FRC resolution (px, full period)")
     axis.set_title(f"FRC resolution (1/7 threshold) against dose: lower is finer\n({_replicates_caption(split)})", fontsize=11)
     axis.grid(True, which="both", alpha=0.3)
     axis.legend(handles, labels, fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     figure.tight_layout()
-    return png_bytes(figure)
+    return png_bytes(figure, crop=False)
 
 
 def convergence_png(curves: dict) -> bytes:
@@ -313,10 +302,7 @@ def convergence_png(curves: dict) -> bytes:
                 _bare(axis)
                 continue
             if column in ("loss_per_epoch", "frc_resolution_px"):  # a FRC that never correlates is tens of px
-                axis.set_yscale("log")
-            if column == "frc_resolution_px":
-                axis.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-                axis.yaxis.set_minor_formatter(FuncFormatter(_log_minor_label))
+                log_scale_plain_labels(axis)
             if column == "frc_resolution_px":
                 axis.axhline(NYQUIST_RESOLUTION_PX, color="grey", linestyle=":", linewidth=1.0)
             if column == CONVERGENCE_METRICS[0]:
@@ -333,4 +319,4 @@ def convergence_png(curves: dict) -> bytes:
     handles.append(Line2D([], [], color="#555555", linestyle=":", linewidth=1.2))
     labels = [*VIEWS, *(f"{s} split" for s in SPLITS), "phase error stops improving (or is best) here"]
     figure.legend(handles, labels, loc="lower center", ncol=len(handles), frameon=False)
-    return png_bytes(figure)
+    return png_bytes(figure, crop=False)
