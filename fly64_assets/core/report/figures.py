@@ -183,14 +183,14 @@ def metrics_vs_dose_png(rows: list[dict], split: str | None = None) -> bytes:
     for axis in axes.ravel()[len(METRICS):]:
         axis.set_axis_off()
     figure.suptitle(f"Reconstruction quality against dose ({_replicates_caption(split)})", fontsize=13)
-    figure.tight_layout(rect=(0, 0.07, 1, 0.96))
+    figure.subplots_adjust(left=0.055, right=0.99, bottom=0.16, top=0.86, wspace=0.3, hspace=0.42)
     handles = [Line2D([], [], **_view_style(view)) for view in VIEWS]
     labels = [f"{view} ({counts[view]}/{len(DOSES)} doses scored)" for view in VIEWS]
     if split is None:
         handles.append(_one_split_handle())
         labels.append(_ONE_SPLIT_HANDLE_LABEL)
     figure.legend(handles, labels, loc="lower center", ncol=len(handles), frameon=False)
-    return png_bytes(figure, crop=False)  # tight_layout has placed every panel and the legend
+    return png_bytes(figure, crop=False)
 
 
 def resolution_fit_png(rows: list[dict], exponents: dict[str, dict], split: str | None = None) -> bytes:
@@ -255,7 +255,7 @@ def resolution_fit_png(rows: list[dict], exponents: dict[str, dict], split: str 
     axis.set_title(f"FRC resolution (1/7 threshold) against dose: lower is finer\n({_replicates_caption(split)})", fontsize=11)
     axis.grid(True, which="both", alpha=0.3)
     axis.legend(handles, labels, fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
-    figure.tight_layout()
+    figure.subplots_adjust(left=0.115, right=0.885, bottom=0.27, top=0.89)  # centred: the legend below is wider
     return png_bytes(figure, crop=False)
 
 
@@ -313,7 +313,7 @@ def convergence_png(curves: dict) -> bytes:
                         axis.axvline(epoch, color=VIEW_COLORS.get(view), linestyle=":", linewidth=1.2, alpha=0.8)
             axis.grid(True, alpha=0.3)
     figure.suptitle("Convergence: quality against the truth every few epochs, beside the loss", fontsize=13)
-    figure.tight_layout(rect=(0, 0.05, 1, 0.97))
+    figure.subplots_adjust(left=0.075, right=0.99, bottom=0.11, top=0.9, wspace=0.22, hspace=0.2)
     handles = [Line2D([], [], color=VIEW_COLORS.get(v), marker=VIEW_MARKERS.get(v, "o"), linewidth=2) for v in VIEWS]
     handles += [Line2D([], [], color="#555555", linestyle=SPLIT_LINESTYLES[s]) for s in SPLITS]
     handles.append(Line2D([], [], color="#555555", linestyle=":", linewidth=1.2))
