@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from fly64_assets.core.lsqml import import_ptychi
 from fly64_assets.core.partition_task import Cancelled, PartitionOutcome, PartitionRequest, run_partition
 
 LOOPBACK = "127.0.0.1"
@@ -57,8 +58,7 @@ logger = logging.getLogger(__name__)
 
 def dask_setup(worker) -> None:  # noqa: ARG001 - dask's preload hook
     """Preload: a worker imports torch and pty-chi once, when it starts, not in its first task."""
-    for module in ("torch", "ptychi.api"):
-        importlib.import_module(module)
+    import_ptychi()
 
 
 def local_cluster(workers: int, gpus: int):
