@@ -354,18 +354,14 @@ def _quiet_library_warnings() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_library_warnings()
-    # The modules imported so far (Dagster's; torch's and pty-chi's when a step imports them, which freezes them
-    # too: core.lsqml.import_ptychi) live until the process ends. Frozen, Python's full collections skip them, and
-    # so do those at exit: in `fly64 run` of one partition, 2.3 s of collections during the run and 1.4 s at
-    # exit became 0.8 s and 0.3 s (measured).
-    gc.freeze()
+    gc.freeze()  # what is loaded so far lives until the process ends: out of the collector's way (core.imports)
     try:
         return COMMANDS[args.command](args)
     except UsageError as error:
         print(f"fly64 {args.command}: {error}", file=sys.stderr)
         return EXIT_USAGE
     finally:
-        gc.freeze()
+        gc.freeze()  # the same for what the command made: Python's collections at exit skip it
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ step sends its partitions where ``study_compute`` says (``defs/compute.py``).
 
 from __future__ import annotations
 
+import gc
+
 from dagster import Definitions, in_process_executor
 
 from fly64_assets.defs.automation import study_automation_sensor
@@ -40,3 +42,4 @@ def build_definitions(study_paths: StudyPaths, study_compute: StudyCompute | Non
 
 
 defs = build_definitions(StudyPaths.from_env())
+gc.freeze()  # Dagster and this code location are loaded for good: out of the collector's way (core.imports)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
-import gc
 import logging
 import math
 import time
@@ -20,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fly64_assets.core.imports import import_for_good
 from fly64_assets.core.options import ReconstructionOptions
 
 logger = logging.getLogger(__name__)
@@ -33,25 +32,9 @@ SnapshotCallback = Callable[[int, np.ndarray, tuple[float, float]], None]
 costs a few milliseconds, so it is only done when asked for."""
 
 
-@functools.cache
 def import_ptychi() -> None:
-    """Import torch and pty-chi once per process, and move what exists then into the garbage collector's
-    permanent generation (``gc.freeze``).
-
-    pty-chi brings torchvision, scikit-learn, sympy and pandas: with Dagster, some 700,000 objects that live as
-    long as the process. Each of Python's full collections walks all of them (~0.2 s here): in a one-partition
-    ``fly64 run`` ten of them cost 1.9 s, and the collections at exit 1.4 s more. Frozen, they are skipped. The
-    collector is paused during the import, which would otherwise set off several of them itself."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        import ptychi.api.task  # noqa: F401
-        import ptychi.utils  # noqa: F401
-        import torch  # noqa: F401
-    finally:
-        gc.freeze()
-        if enabled:
-            gc.enable()
+    """torch and pty-chi, imported once per process and frozen (``core.imports.import_for_good`` says why)."""
+    import_for_good("torch", "ptychi.api.task", "ptychi.utils")
 
 
 class DeviceUnavailableError(RuntimeError):

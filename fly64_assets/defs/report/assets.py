@@ -14,6 +14,7 @@ from fly64_assets.core.bookkeeping import (
     read_record,
 )
 from fly64_assets.core.design import ALL_DATASETS, DOSES, VIEWS, Dataset
+from fly64_assets.core.imports import import_for_good
 from fly64_assets.defs.automation import react_to_inputs
 from fly64_assets.core.partition import PHASE_C_SCAN_AREA
 from fly64_assets.defs.reconstruction.assets import QUALITY
@@ -73,7 +74,8 @@ def _convergence_curves(study_paths: StudyPaths) -> dict[tuple[int, str, str], d
     "the held-out scores behind every weight chosen without the truth.",
 )
 def study_report(study_paths: StudyPaths) -> Output[dict]:
-    # matplotlib, markdown-it and Jinja2: imported only where a step writes the report
+    # matplotlib, markdown-it and Jinja2: imported only where a step writes the report, and frozen
+    import_for_good("fly64_assets.core.report.figures", "fly64_assets.core.report.page")
     from fly64_assets.core.report import figures, fits, tables
     from fly64_assets.core.report.headline import headline as study_headline
     from fly64_assets.core.report.page import html_page, report_markdown
