@@ -17,9 +17,8 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 
 def png_bytes(figure, crop: bool = True, close: bool = True) -> bytes:
-    """The figure as PNG; ``crop`` trims it to what is drawn (one more full draw: figures whose panels are placed by
-    hand skip it, as they skip ``tight_layout``, another); ``close=False`` keeps a figure that is drawn again (the
-    previews)."""
+    """The figure as PNG. ``crop`` trims it to what is drawn, at the cost of one more full draw; figures whose panels
+    are placed by hand pass False. ``close=False`` keeps a figure that is drawn again (the previews)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight" if crop else None)
     if close:
