@@ -62,7 +62,8 @@ def _add_reconstruction(parser: argparse.ArgumentParser) -> None:
     """One flag per reconstruction option (``--epochs``, ``--batch-size``, ...), documented by the options model."""
     for name, info in ReconstructionOptions.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        help_text = f"{info.description} (default {info.default.value if isinstance(info.default, Enum) else info.default})"
+        default = info.default.value if isinstance(info.default, Enum) else info.default
+        help_text = f"{info.description} (default {default})".replace("%", "%%")  # argparse formats help with %
         if info.annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=info.default, help=help_text)
         elif isinstance(info.default, Enum):

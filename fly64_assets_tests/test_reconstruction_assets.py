@@ -181,9 +181,12 @@ def test_auto_regularization_records_its_candidates_and_choice_per_partition(stu
     chosen = next(candidate for candidate in choice["candidates"] if candidate["regularization"] == choice["chosen"])
     assert choice["lowest_deviance"] == lowest["regularization"] and choice["chosen"] == metadata["regularization"]
     assert chosen["excess_over_lowest"] <= chosen["excess_standard_error"]  # the one-standard-error rule
-    assert all(candidate["tv_weight"] >= chosen["tv_weight"]  # ... keeps the least regularized such candidate
+    assert all(candidate["tv_weight"] <= chosen["tv_weight"]  # ... keeps the most regularized such candidate
                for candidate in choice["candidates"] if candidate["excess_over_lowest"] <= candidate["excess_standard_error"])
     assert metadata["tv_weight"] == chosen["tv_weight"] and 1.0 < metadata["regularization_cost_factor"] < 2.5
     record = read_record(study_paths.artifact_dir(Dataset(1000, "baseline", "train")), RECONSTRUCTION_RECORD)
     assert record["requested_regularization"] == "auto" and record["regularization"]["chosen"] == choice["chosen"]
-    assert record["options"]["regularization"] == choice["chosen"]  # the final reconstruction used the choice
+    assert record["options"]["regularization"] == choice["chosen"]  # the final reconstruction used the choice ...
+    # ... in its last epochs, the TV phase the candidates were scored with (none: no TV phase to place)
+    expected_phase = choice["candidate_epochs"] if choice["chosen_tv_weight"] else 0
+    assert choice["final_tv_epochs"] == expected_phase == (record["options"]["tv_last_epochs"] or 0)

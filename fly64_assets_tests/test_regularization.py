@@ -75,6 +75,17 @@ def test_regularization_choices_name_their_weights_and_reach_the_command_line_an
     assert ReconstructionConfig(regularization="tv_0_1").options().regularization is Regularization.tv_0_1
     assert ReconstructionConfig().options().regularization is Regularization.auto
     assert _options(build_parser().parse_args(["run", "--regularization", "off"])).regularization is Regularization.off
+    late = _options(build_parser().parse_args(["run", "--regularization", "tv_0_1", "--tv-last-epochs", "10"]))
+    assert late.tv_last_epochs == 10 and ReconstructionConfig(tv_last_epochs=10).options().tv_last_epochs == 10
+    assert ReconstructionOptions().tv_last_epochs is None  # a fixed weight acts in every epoch unless asked
+
+
+def test_every_options_help_renders_on_the_command_line(capsys):
+    from fly64_assets.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["run", "--help"])  # argparse formats help with %: a description's "10 %" must not break it
+    assert exit_.value.code == 0 and "--tv-last-epochs" in capsys.readouterr().out
 
 
 def test_the_tv_weight_reaches_ptychi_and_auto_is_not_a_single_reconstruction(high_dose):
@@ -83,6 +94,11 @@ def test_the_tv_weight_reaches_ptychi_and_auto_is_not_a_single_reconstruction(hi
     built = lsqml._build_options(ReconstructionOptions(regularization="tv_0_03"), torch.device("cpu"), 96)
     assert built.object_options.total_variation.enabled and built.object_options.total_variation.weight == 0.03
     assert not lsqml._build_options(ReconstructionOptions(regularization="off"), torch.device("cpu"), 96).object_options.total_variation.enabled
+    # TV in the last epochs only: pty-chi's plan for the TV step starts there (it counts epochs from 0).
+    late = lsqml._build_options(ReconstructionOptions(regularization="tv_0_1", tv_last_epochs=10), torch.device("cpu"), 96)
+    plan = late.object_options.total_variation.optimization_plan
+    assert [epoch for epoch in range(100) if plan.is_enabled(epoch)] == list(range(90, 100))
+    assert built.object_options.total_variation.optimization_plan.is_enabled(0)
     with pytest.raises(ValueError, match="choose_and_reconstruct"):
         reconstruct(*_args(high_dose), ReconstructionOptions(regularization="auto", epochs=1, device="cpu"))
 
@@ -134,7 +150,7 @@ def test_fixed_or_off_is_one_plain_reconstruction(high_dose):
 
 SCIENCE_EPOCHS = 50
 """Half the study's epochs keeps each science test near 15 s on one core; the effect is the same (docs/SCIENCE.md:
-at 100 epochs the choice gives -17 % at dose 1e3 and +0 % at 1e5 on this dataset)."""
+at 100 epochs the choice gives -16 % at dose 1e3 and -3 % at 1e5 on this dataset)."""
 
 
 def test_at_low_dose_the_choice_regularizes_and_beats_no_regularization_against_the_truth(low_dose):
@@ -149,6 +165,8 @@ def test_at_low_dose_the_choice_regularizes_and_beats_no_regularization_against_
     # Progress and snapshots are the final reconstruction's (the candidates' epochs are not reported).
     assert epochs == list(range(1, SCIENCE_EPOCHS + 1)) and snapshots == [25, 50]
     assert result.options.regularization.tv_weight == record.chosen_tv_weight
+    # The final regularizes in its last epochs, the TV phase the candidates were scored with.
+    assert result.options.tv_last_epochs == record.final_tv_epochs == record.candidate_epochs == 5
     assert len(record.candidates) == len(CANDIDATES) and record.lowest_deviance == max(
         record.candidates, key=lambda c: -c.poisson_deviance).regularization
     chosen = next(c for c in record.candidates if c.tv_weight == record.chosen_tv_weight)
@@ -157,7 +175,7 @@ def test_at_low_dose_the_choice_regularizes_and_beats_no_regularization_against_
     assert record.held_out_coverage > 0.9 and not record.notes
     assert record.shared_epochs == 10 and record.candidate_epochs == 5
     assert record.cost_factor == pytest.approx((10 + 6 * 5) * 88 / 98 / 50 + 1)  # on 88 of 98 patterns, then the final
-    # Measured: 0.146 against 0.170 (-14.5 %), weight 0.3.
+    # Measured: 0.142 against 0.170 (-16.4 %), weight 0.3 in the last 5 of the 50 epochs.
     assert _phase_error(result, low_dose) < 0.9 * _phase_error(none, low_dose), record.summary()
 
 
@@ -165,10 +183,10 @@ def test_at_high_dose_the_choice_does_not_make_things_worse(high_dose):
     options = ReconstructionOptions(device="cpu", epochs=SCIENCE_EPOCHS, regularization="auto")
     result, record = choose_and_reconstruct(*_args(high_dose), options, cpu_threads=1)
     none = reconstruct(*_args(high_dose), options.model_copy(update={"regularization": Regularization.off}), cpu_threads=1)
-    # At 100 epochs a weight of 0.03 or more costs 8 % to 23 % here (docs/SCIENCE.md): the choice must stay below.
-    # Measured at 50 epochs: weight 0.01, 0.0469 against 0.0475 (-1.2 %).
-    assert record.chosen_tv_weight <= 0.01, record.summary()
-    assert _phase_error(result, high_dose) <= 1.05 * _phase_error(none, high_dose), record.summary()
+    # Issue 20's goal at 1e5: within 3 % of no regularization. With TV in every epoch a weight of 0.03 or more cost
+    # 8 % to 23 % here at 100 epochs; the final's late TV phase keeps the chosen one from that (docs/SCIENCE.md).
+    # Measured at 50 epochs: weight 0.01, 0.0455 against 0.0462 (-1.6 %).
+    assert _phase_error(result, high_dose) <= 1.03 * _phase_error(none, high_dose), record.summary()
 
 
 def _score(weight: float, deviances: list[float]) -> CandidateScore:
@@ -176,32 +194,33 @@ def _score(weight: float, deviances: list[float]) -> CandidateScore:
     return CandidateScore(member.value, weight, float(np.mean(deviances)), deviances, 0.0, 0.0)
 
 
-def test_the_rule_keeps_the_least_regularized_weight_within_one_standard_error_of_the_lowest():
+def test_the_rule_keeps_the_most_regularized_weight_within_one_standard_error_of_the_lowest():
     base = 0.3 + 0.05 * np.random.default_rng(0).standard_normal(13)  # per held-out pattern: patterns differ far more than candidates
     wobble = 0.002 * np.array([0] + [1, -1] * 6)  # mean 0, standard error of the mean 0.00058
-    # 0.1 is lowest; 0.03 is above it by 0.0003, less than the wobble's standard error; none is clearly worse.
-    scores = [_score(0.0, list(base + 0.02 + wobble)), _score(0.03, list(base + 0.0003 + wobble)), _score(0.1, list(base))]
+    # 0.03 is lowest; 0.1 is above it by 0.0003, less than the wobble's standard error; none and 0.3 are clearly worse.
+    scores = [_score(0.0, list(base + 0.02 + wobble)), _score(0.03, list(base)), _score(0.1, list(base + 0.0003 + wobble)),
+              _score(0.3, list(base + 0.02 + wobble))]
     chosen, lowest, compared = one_standard_error_rule(scores)
-    assert (lowest, chosen) == (2, 1)
-    assert compared[1].excess_over_lowest == pytest.approx(0.0003)
-    assert compared[1].excess_standard_error == pytest.approx(wobble.std(ddof=1) / np.sqrt(13))
+    assert (lowest, chosen) == (1, 2)
+    assert compared[2].excess_over_lowest == pytest.approx(0.0003)
+    assert compared[2].excess_standard_error == pytest.approx(wobble.std(ddof=1) / np.sqrt(13))
     assert compared[0].excess_over_lowest > 30 * compared[0].excess_standard_error
-    assert compared[2].excess_over_lowest == compared[2].excess_standard_error == 0.0
-    # A clearly better weight is kept even though it is the most regularized.
-    clear = [_score(0.0, list(base + 0.02 + wobble)), _score(0.1, list(base))]
-    assert one_standard_error_rule(clear)[:2] == (1, 1)
+    assert compared[1].excess_over_lowest == compared[1].excess_standard_error == 0.0
+    # A clearly better weight is kept even though it is the least regularized.
+    clear = [_score(0.0, list(base)), _score(0.1, list(base + 0.02 + wobble))]
+    assert one_standard_error_rule(clear)[:2] == (0, 0)
 
 
 def test_a_choice_says_when_its_evidence_is_flat():
     """Flat: every candidate within one standard error of the lowest (the held-out patterns cannot tell the weights
-    apart, the rule then keeps the least regularized by default); clear: some weight was shown worse."""
+    apart, the rule then keeps the most regularized by default); clear: some weight was shown worse."""
     base = 0.3 + 0.05 * np.random.default_rng(0).standard_normal(13)
     wobble = 0.002 * np.array([0] + [1, -1] * 6)
-    flat = [_score(0.0, list(base + 0.0002 + wobble)), _score(0.03, list(base + 0.0001 - wobble)), _score(0.1, list(base))]
+    flat = [_score(0.0, list(base)), _score(0.03, list(base + 0.0001 - wobble)), _score(0.1, list(base + 0.0002 + wobble))]
     chosen, lowest, compared = one_standard_error_rule(flat)
-    assert chosen == 0 and choice_evidence(compared, chosen, lowest) == FLAT
+    assert chosen == 2 and choice_evidence(compared, chosen, lowest) == FLAT
     assert deviance_spread(compared) == pytest.approx(0.0002 / np.mean(base), rel=1e-6)
-    clear = [_score(0.0, list(base + 0.02 + wobble)), _score(0.03, list(base + 0.0003 + wobble)), _score(0.1, list(base))]
+    clear = [_score(0.0, list(base + 0.02 + wobble)), _score(0.03, list(base)), _score(0.1, list(base + 0.02 + wobble))]
     chosen, lowest, compared = one_standard_error_rule(clear)
     assert chosen == 1 and choice_evidence(compared, chosen, lowest) == CLEAR
 

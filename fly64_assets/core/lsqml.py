@@ -178,9 +178,11 @@ def _build_options(options: ReconstructionOptions, device, batch_size: int, warm
     # A probe carried over from an earlier reconstruction is already on the data's scale.
     recon.rescale_probe_intensity_in_first_epoch = not warm_probe
     lsqml.object_options.optimizable = options.optimize_object
-    if tv_weight > 0:  # pty-chi: a Chambolle TV step on the object after every epoch
+    if tv_weight > 0:  # pty-chi: a Chambolle TV step on the object after every epoch (of its plan)
         lsqml.object_options.total_variation.enabled = True
         lsqml.object_options.total_variation.weight = tv_weight
+        if options.tv_last_epochs is not None:
+            lsqml.object_options.total_variation.optimization_plan.start = max(0, options.epochs - options.tv_last_epochs)
     lsqml.probe_options.optimizable = options.optimize_probe
     lsqml.probe_position_options.optimizable = options.optimize_positions
     return lsqml

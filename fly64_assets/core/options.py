@@ -20,8 +20,9 @@ class NoiseModel(str, Enum):
 
 class Regularization(str, Enum):
     """Total-variation (TV) regularization of the object (pty-chi ``object_options.total_variation``, a Chambolle
-    TV step of weight w on the object after every epoch). ``auto`` chooses the weight per dataset without the
-    truth (``core/regularization.py``: held-out patterns); ``tv_<w>`` fixes it (``tv_0_03`` is w = 0.03).
+    TV step of weight w on the object after every epoch, or after each of the last ``tv_last_epochs``). ``auto``
+    chooses the weight per dataset without the truth (``core/regularization.py``: held-out patterns) and applies it
+    in the last 10 % of the epochs; ``tv_<w>`` fixes it (``tv_0_03`` is w = 0.03).
     A fixed weight is a set of members, not a float, so that the Dagster launchpad and the ``fly64`` flags
     both offer it as a choice; the grid is the one measured in docs/SCIENCE.md."""
 
@@ -85,6 +86,12 @@ class ReconstructionOptions(BaseModel):
         "dataset without the truth, by predicting held-out patterns; about 1.7x one reconstruction's time where a "
         "choice can be made, see docs/SCIENCE.md); off (the spec's plain LSQML); or a fixed weight tv_0_003 ... "
         "tv_0_3 (tv_0_1 is weight 0.1).",
+    )
+    tv_last_epochs: int | None = Field(
+        default=None, ge=1,
+        description="A fixed TV weight acts in the last N epochs only, after unregularized ones (none: every epoch). "
+        "regularization auto sets it itself: its final reconstruction regularizes in the last 10 % of the epochs, "
+        "the TV phase its candidates were scored with (docs/SCIENCE.md).",
     )
     holdout_percent: int = Field(
         default=10, ge=1, le=50,

@@ -12,13 +12,19 @@ overlap, the object, the probe), so it is chosen from the data themselves, the w
 3. Predict each held-out pattern from each candidate's object and probe, with pty-chi's forward model
    (``|FFT(probe x object window)|^2``, DC-centred like the files) and score the prediction against the
    measured counts by the Poisson deviance (the photon-counting likelihood, zero for a perfect fit).
-4. Keep the least regularized candidate whose deviance is within one standard error of the lowest (the
-   "one-standard-error rule", with the errors of the paired per-pattern differences); reconstruct the final
-   result on every pattern, from scratch, with the chosen weight and the options' full number of epochs,
-   exactly as a fixed-weight run would. Why not simply the lowest: with ~13 held-out patterns two neighbouring
-   weights often differ by less than their noise, and at high dose the lowest then over-regularizes (measured:
-   +5.6 % phase error in one of 24 datasets; with the rule at most +3.4 %). Regularization is a bias that the
-   spec's plain LSQML does not have, so the data must show that it helps.
+4. Keep the **most** regularized candidate whose deviance is within one standard error of the lowest (the
+   one-standard-error rule of Hastie, Tibshirani & Friedman, *The Elements of Statistical Learning*, 7.10: the
+   simplest model, here the smoothest object, that the held-out data cannot tell from the best; the paired
+   per-pattern differences give the errors), and reconstruct the final result on every pattern, from scratch,
+   for the options' full number of epochs: unregularized, then the chosen weight in the last 10 % of them
+   (``tv_last_epochs``), the same TV phase after unregularized epochs that the candidates were scored with.
+
+Why TV only at the end: TV also slows the convergence of the object's smooth, low-frequency phase, which the short
+candidates cannot show; on a smooth field at high dose TV in every epoch cost up to +7.6 % where no weight helps,
+and the held-out patterns still preferred a weight. With the late TV phase no measured pick cost more than 2 % at
+1e4 and 1e5, most of the low-dose gain stays, and the rule can lean towards the smoother object, which the low
+doses need (docs/SCIENCE.md, "TV in the last epochs"). Regularization is a bias that the spec's plain LSQML does
+not have: ``off`` stays one option away.
 
 The record says how decisive the held-out evidence was (``choice_evidence``): ``flat`` when every candidate
 scored within one standard error of the lowest, i.e. the data could not tell the weights apart and the kept
@@ -102,7 +108,7 @@ class CandidateScore:
     excess_over_lowest: float = 0.0
     """Mean over the held-out patterns of this candidate's deviance minus the lowest-scoring candidate's."""
     excess_standard_error: float = 0.0
-    """Standard error of that mean (paired differences); the rule keeps the least regularized candidate whose
+    """Standard error of that mean (paired differences); the rule keeps the most regularized candidate whose
     excess is at most one standard error."""
 
 
@@ -113,7 +119,7 @@ class RegularizationChoice:
     chosen: str
     chosen_tv_weight: float
     lowest_deviance: str | None
-    """The candidate with the lowest mean held-out deviance (None without a choice); the chosen one is the least
+    """The candidate with the lowest mean held-out deviance (None without a choice); the chosen one is the most
     regularized within one standard error of it (``one_standard_error_rule``)."""
     candidates: list[CandidateScore]
     n_patterns: int
@@ -124,6 +130,8 @@ class RegularizationChoice:
     shared_epochs: int
     candidate_epochs: int
     final_epochs: int
+    final_tv_epochs: int
+    """The final reconstruction's last epochs in which the chosen weight acted (its ``tv_last_epochs``)."""
     epochs_spent: int
     """Pattern-epochs of every reconstruction, in units of full-data epochs (kept fraction x epochs for the
     candidates), including the final reconstruction."""
@@ -138,7 +146,7 @@ class RegularizationChoice:
     evidence: str = ""
     """How decisive the held-out scores were (``choice_evidence``): ``"flat"`` when every candidate scored within
     one standard error of the lowest (the data could not tell the weights apart, so the choice is the rule's
-    default, the least regularized), ``"clear"`` otherwise; empty when no choice was made."""
+    default, the most regularized), ``"clear"`` otherwise; empty when no choice was made."""
     deviance_spread: float = 0.0
     """(highest - lowest) / lowest of the candidates' mean held-out deviances: how much the weights mattered to
     the held-out patterns at all (0 when no choice was made)."""
@@ -156,7 +164,8 @@ class RegularizationChoice:
         )
         flat = " (flat evidence: every candidate within one standard error of the lowest)" if self.evidence == FLAT else ""
         return (
-            f"TV weight {self.chosen_tv_weight:g}{flat} chosen on {self.n_held_out} held-out patterns, the least within one "
+            f"TV weight {self.chosen_tv_weight:g}{flat} chosen on {self.n_held_out} held-out patterns (the final "
+            f"reconstruction regularized in its last {self.final_tv_epochs} of {self.final_epochs} epochs), the most regularized within one "
             f"standard error of the lowest ({self.lowest_deviance}); Poisson deviance per pixel (excess over the "
             f"lowest ± its standard error) {scores}; cost {self.cost_factor:.2f}x one reconstruction, {self.wall_time_s:.1f} s"
         )
@@ -315,7 +324,7 @@ def reconstruct_and_score(inputs: CandidateInputs, options: ReconstructionOption
 
 def one_standard_error_rule(scores: list[CandidateScore]) -> tuple[int, int, list[CandidateScore]]:
     """(chosen, lowest, scores with their excess over the lowest): ``lowest`` scored the lowest mean held-out
-    deviance (ties: the earlier); ``chosen`` is the candidate of smallest TV weight whose excess over it, paired
+    deviance (ties: the earlier); ``chosen`` is the candidate of largest TV weight whose excess over it, paired
     pattern by pattern, is at most one standard error of that excess."""
     lowest = min(range(len(scores)), key=lambda i: (scores[i].poisson_deviance, i))
     reference = np.asarray(scores[lowest].pattern_deviances)
@@ -325,7 +334,7 @@ def one_standard_error_rule(scores: list[CandidateScore]) -> tuple[int, int, lis
         error = float(excess.std(ddof=1) / math.sqrt(excess.size)) if excess.size > 1 else 0.0
         compared.append(replace(score, excess_over_lowest=float(excess.mean()), excess_standard_error=error))
     within = [i for i, score in enumerate(compared) if score.excess_over_lowest <= score.excess_standard_error]
-    chosen = min(within, key=lambda i: (compared[i].tv_weight, i))
+    chosen = max(within, key=lambda i: (compared[i].tv_weight, -i))
     return chosen, lowest, compared
 
 
@@ -430,7 +439,8 @@ def score_candidates(
         epochs_spent += kept_fraction * shared_epochs
     inputs = CandidateInputs(amplitudes, np.asarray(probe_guess), ycoords, xcoords, held, initial_object, initial_probe,
                              cpu_threads, on_epoch)
-    each = [options.model_copy(update={"regularization": member, "epochs": candidate_epochs}) for member in candidates]
+    each = [options.model_copy(update={"regularization": member, "epochs": candidate_epochs, "tv_last_epochs": None})
+            for member in candidates]
     scores = map_candidates(reconstruct_and_score, inputs, each)
     epochs_spent += kept_fraction * candidate_epochs * len(candidates)
     for number, score in enumerate(scores, 1):
@@ -490,19 +500,21 @@ def choose_and_reconstruct(
         coverage = held_out_coverage(probe_guess, ycoords, xcoords, held)
         note = (f"held-out coverage {coverage:.2f} < {MIN_COVERAGE}: the scan overlaps too little to validate a "
                 "weight on held-out patterns" if coverage < MIN_COVERAGE else "")
+    shared_epochs, candidate_epochs = _choice_epochs(options, shared_epochs, candidate_epochs)
     if note:
         log.info("no TV weight chosen: %s; reconstructing with %s", note, fallback.value)
-        final_options = options.model_copy(update={"regularization": fallback})
+        final_options = options.model_copy(
+            update={"regularization": fallback, "tv_last_epochs": candidate_epochs if fallback.tv_weight else None})
         result = reconstruct(diffraction_amplitude, probe_guess, ycoords, xcoords, final_options, on_epoch, cpu_threads,
                              snapshot_every, on_snapshot)
         return result, RegularizationChoice(
             chosen=fallback.value, chosen_tv_weight=_weight(fallback), lowest_deviance=None, candidates=[],
             n_patterns=n_patterns, n_held_out=0, holdout_seed=seed, held_out_coverage=coverage, shared_epochs=0, candidate_epochs=0,
-            final_epochs=options.epochs, epochs_spent=options.epochs, cost_factor=1.0, choice_wall_time_s=0.0,
+            final_epochs=options.epochs, final_tv_epochs=candidate_epochs if fallback.tv_weight else 0,
+            epochs_spent=options.epochs, cost_factor=1.0, choice_wall_time_s=0.0,
             final_wall_time_s=result.wall_time_s, wall_time_s=result.wall_time_s,
             notes=[f"{note}; reconstructed with {fallback.value}"],
         )
-    shared_epochs, candidate_epochs = _choice_epochs(options, shared_epochs, candidate_epochs)
     began = time.perf_counter()
     scores, held, epochs_spent = score_candidates(
         diffraction_amplitude, probe_guess, ycoords, xcoords, options, candidates, shared_epochs, candidate_epochs,
@@ -513,7 +525,7 @@ def choose_and_reconstruct(
     choice_wall = time.perf_counter() - began
     log.info("TV weight %g chosen (lowest deviance: %g) in %.1f s; the final reconstruction on every pattern follows",
              scores[best].tv_weight, scores[lowest].tv_weight, choice_wall)
-    final_options = options.model_copy(update={"regularization": chosen})
+    final_options = options.model_copy(update={"regularization": chosen, "tv_last_epochs": candidate_epochs})
     result = reconstruct(diffraction_amplitude, probe_guess, ycoords, xcoords, final_options, on_epoch, cpu_threads,
                          snapshot_every, on_snapshot)
     epochs_spent += options.epochs
@@ -529,6 +541,7 @@ def choose_and_reconstruct(
         shared_epochs=shared_epochs,
         candidate_epochs=candidate_epochs,
         final_epochs=options.epochs,
+        final_tv_epochs=candidate_epochs if chosen.tv_weight else 0,
         epochs_spent=math.ceil(epochs_spent),
         cost_factor=epochs_spent / options.epochs,
         choice_wall_time_s=choice_wall,

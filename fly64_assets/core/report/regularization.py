@@ -22,9 +22,10 @@ REGULARIZATION_INTRO = (
     "With regularization auto, each dataset's total-variation weight w is chosen from its own patterns, not from "
     "the truth: a seeded share of the patterns is held out, every candidate weight reconstructs the rest and is "
     "scored by how well it predicts the held-out photon counts (Poisson deviance per pixel, lower is better; the "
-    "lowest in bold). The least regularized candidate within one standard error of the lowest (its excess ± that "
+    "lowest in bold). The most regularized candidate within one standard error of the lowest (its excess ± that "
     "error shown) is kept (✓) and "
-    "reconstructed on every pattern; where the kept scan does not overlap the held-out patterns (too little "
+    "reconstructed on every pattern, unregularized and then with that weight in the last 10 % of the epochs (the "
+    "TV phase the candidates were scored with); where the kept scan does not overlap the held-out patterns (too little "
     "coverage) nothing can be validated and no regularization is used. Method and measurements: docs/SCIENCE.md."
 )
 
@@ -35,7 +36,7 @@ FLAT_TEXT = "flat evidence"
 """How a flat choice is marked in the method column, the choice table and the headline."""
 FLAT_NOTE = (
     "*flat evidence*: every candidate scored within one standard error of the lowest, so the held-out patterns "
-    "could not tell the weights apart and the rule kept the least regularized of them by default; such a choice "
+    "could not tell the weights apart and the rule kept the most regularized of them by default; such a choice "
     "shows no benefit (or harm) of regularization that the data support."
 )
 """Said under the choice table when some choice there was flat (records older than the verdict carry none)."""
