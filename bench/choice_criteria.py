@@ -106,13 +106,15 @@ def key(row: dict) -> str:
     return f"{row['family']}_{row['probe']}_{row['scan']}_{row['dose']}_{row['split']}"
 
 
-def candidates_run(amplitudes, probe_guess, ycoords, xcoords, options, use, shared_epochs, candidate_epochs):
-    """The study's candidate schedule (shared unregularized start, then each weight): the candidate results."""
+def candidates_run(amplitudes, probe_guess, ycoords, xcoords, options, use, shared_epochs, candidate_epochs,
+                   members: int | None = None):
+    """The study's candidate schedule (shared unregularized start, then each weight, or the first ``members``):
+    the candidate results."""
     shared = reconstruct(amplitudes, probe_guess, ycoords, xcoords,
                          options.model_copy(update={"regularization": Regularization.off, "epochs": shared_epochs}),
                          cpu_threads=1, use_patterns=use)
     results = []
-    for member in CANDIDATES:
+    for member in CANDIDATES[:members]:
         results.append(reconstruct(amplitudes, probe_guess, ycoords, xcoords,
                                    options.model_copy(update={"regularization": member, "epochs": candidate_epochs}),
                                    cpu_threads=1, use_patterns=use, initial_object=shared.object,
@@ -140,14 +142,19 @@ def collect_holdout(arrays, epochs: int, holdout_seed: int | None = None) -> dic
             "probe_far_field_profile": radial_profile(far), "ring_pixels": np.bincount(RINGS.ravel(), minlength=N_RINGS)}
 
 
+def perturbed_counts(amplitudes: np.ndarray, seed: int, eps: float = EPS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(counts, the amplitudes of counts + eps sqrt(counts) b, b): b = +-1 at random where counts > 0."""
+    counts = np.rint(np.square(amplitudes.astype(np.float64)))
+    rng = np.random.default_rng(seed + 12345)
+    b = rng.choice([-1.0, 1.0], size=counts.shape) * (counts > 0)
+    return counts, np.sqrt(np.maximum(counts + eps * np.sqrt(counts) * b, 0.0)).astype(amplitudes.dtype), b
+
+
 def collect_pure(arrays, epochs: int, shared: int, candidate: int, seed: int = 0, eps: float = EPS) -> dict:
     amplitudes = np.asarray(arrays["diffraction"])
     y, x = np.asarray(arrays["ycoords"], float), np.asarray(arrays["xcoords"], float)
     options = ReconstructionOptions(epochs=epochs, device="cpu", regularization=Regularization.off)
-    counts = np.rint(np.square(amplitudes.astype(np.float64)))
-    rng = np.random.default_rng(seed + 12345)
-    b = rng.choice([-1.0, 1.0], size=counts.shape) * (counts > 0)
-    perturbed = np.sqrt(np.maximum(counts + eps * np.sqrt(counts) * b, 0.0)).astype(amplitudes.dtype)
+    counts, perturbed, b = perturbed_counts(amplitudes, seed, eps)
     plain = candidates_run(amplitudes, arrays["probeGuess"], y, x, options, None, shared, candidate)
     moved = candidates_run(perturbed, arrays["probeGuess"], y, x, options, None, shared, candidate)
     out = {k: [] for k in ("fit_deviance", "fit_sq_error", "div_intensity", "div_log")}

@@ -14,9 +14,9 @@ Phase C scan, twice: with the **fair score** (``quality.compare_to_truth``'s def
 scale, global phase offset and the linear phase ramp of the difference removed) and with the older offset-only
 score (``phase_plane=False``), so tables made before the fair score can be compared.
 
-``--choice-only`` skips auto's final reconstruction: it is the fixed-weight run of the chosen weight (the same
-options and seed, docs/SCIENCE.md), so the auto error is read from that column; this saves one reconstruction
-per dataset. ``--snapshot-every N`` also scores every fixed-weight run against the truth every N epochs (the
+``--choice-only`` runs the choice and then auto's final as a plain run of the chosen weight with TV in the last
+epochs (``tv_last_epochs``: the same options, seed and result as ``choose_and_reconstruct``'s final; none when it
+chose none, read from that column), and keeps the candidates' scores without their per-pattern values. ``--snapshot-every N`` also scores every fixed-weight run against the truth every N epochs (the
 epoch count as a second lever). For every fixed-weight run the bench also records its fit to its own data (the
 Poisson deviance per pixel of every pattern) against the deviance Poisson noise alone would give at the fitted
 intensities (the discrepancy principle, docs/SCIENCE.md).
@@ -49,6 +49,7 @@ from fly64_assets.core.options import ReconstructionOptions, Regularization
 from fly64_assets.core.quality import compare_to_truth
 from fly64_assets.core.regularization import (
     CANDIDATES,
+    candidate_epochs_for,
     choice_evidence,
     choose_and_reconstruct,
     expected_poisson_deviance,
@@ -57,7 +58,14 @@ from fly64_assets.core.regularization import (
     predict_intensities,
     score_candidates,
 )
-from fly64_assets.core.synthetic import OBJECT_FAMILIES, PROBES, SCALES, SCANS, Scale, simulate_split
+from fly64_assets.core.synthetic import (
+    OBJECT_FAMILIES,
+    PROBES,
+    SCALES,
+    SCANS,
+    Scale,
+    simulate_split,
+)
 
 BENCH_SCALES = {
     **SCALES,
@@ -122,7 +130,12 @@ def one_dataset(scale: Scale, dose: int, split: str, epochs: int, threads: int, 
         scores, held, spent = score_candidates(*args, auto, CANDIDATES, cpu_threads=threads)
         chosen, lowest, scores = one_standard_error_rule(scores)
         member = CANDIDATES[chosen]
-        row["auto"] = {**{k: row["fixed"][member.value][k] for k in ("phase_mae", "phase_mae_offset_only")},
+        final = row["fixed"]["off"]
+        if member.tv_weight:  # auto's final: the chosen weight in the candidates' last epochs only
+            late = base.model_copy(update={"regularization": member, "tv_last_epochs": candidate_epochs_for(epochs)[1]})
+            result = reconstruct(*args, late, cpu_threads=threads)
+            final = phase_errors(result.object, result.object_origin_yx, arrays)
+        row["auto"] = {**{k: final[k] for k in ("phase_mae", "phase_mae_offset_only")},
                        "chosen": member.value, "chosen_tv_weight": member.tv_weight,
                        "lowest_deviance": CANDIDATES[lowest].value,
                        "candidates": [s.__dict__ | {"pattern_deviances": None} for s in scores],
@@ -214,7 +227,7 @@ def main() -> None:
     parser.add_argument("--probe", choices=sorted(PROBES), default="focused")
     parser.add_argument("--scan", choices=sorted(SCANS), default="raster")
     parser.add_argument("--choice-only", action="store_true",
-                        help="auto's error is the chosen weight's fixed run (no final reconstruction)")
+                        help="the choice, then its final as a plain run of the chosen weight (TV in the last epochs)")
     parser.add_argument("--snapshot-every", type=int, default=0)
     parser.add_argument("--check-expensive", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the rows here")
