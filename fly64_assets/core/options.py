@@ -58,7 +58,7 @@ DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
 class ReconstructionOptions(BaseModel):
     """pty-chi LSQML options of one reconstruction; the defaults are the study's (spec: 100 epochs, batch 96,
     Gaussian noise model, positions fixed, object and probe optimised), plus the TV weight chosen per dataset
-    (``regularization: auto``; measured never worse than none by more than 3.3 %, docs/SCIENCE.md)."""
+    (``regularization: auto``; over the 72 datasets measured never worse than none by more than 2.9 %, docs/SCIENCE.md)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
 
