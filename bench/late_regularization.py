@@ -5,6 +5,8 @@
     python bench/late_regularization.py evaluate --bench study.json [...] --late out.json [...]
         [--criteria DIR] [--tv-epochs 10]
     python bench/late_regularization.py final --bench study.json [...] --rule least|largest [--json out.json]
+    python bench/late_regularization.py schedule --bench study.json [...] --criteria DIR --finals final.json [...]
+        [--json out.json]
 
 On the smooth field at high dose the phase error is still falling steeply at epoch 100 (0.101 -> 0.095 rad over the
 last ten epochs of the unregularized run) and TV slows that fall: the misses of every truth-free criterion there
@@ -27,6 +29,12 @@ one-standard-error rule (``least``: the least regularized weight within one stan
 ``largest``: the most regularized, the direction of Hastie, Tibshirani & Friedman) and runs that weight's final
 reconstruction as ``auto`` does (TV in the last 10 % of the epochs: one plain run; none when it picks none, read
 from the file), scored like the study.
+
+``schedule`` asks whether the held-out patterns can also choose the schedule: for the weight the study's rule
+picks (from ``--criteria``), one more candidate, that weight in every epoch of a run from scratch as long as the
+shared start plus a candidate, scored on the same held-out patterns against the study's candidate; it records the
+paired excess and its standard error beside the truth errors of both finals (``--finals``: ``final --rule
+largest``'s JSON; the every-epoch error from the bench file's fixed run).
 """
 
 from __future__ import annotations
@@ -42,7 +50,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fly64_assets.core.lsqml import reconstruct
 from fly64_assets.core.options import ReconstructionOptions, Regularization
-from fly64_assets.core.regularization import CANDIDATES, candidate_epochs_for
+from fly64_assets.core.regularization import (
+    CANDIDATES,
+    candidate_epochs_for,
+    holdout_mask,
+    pattern_deviances,
+    predict_intensities,
+)
 from fly64_assets.core.synthetic import simulate_split
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -170,9 +184,44 @@ def final(args) -> None:
         args.json.write_text(json.dumps(out, indent=1))
 
 
+def schedule(args) -> None:
+    """Which TV schedule for the chosen weight: scored on the same held-out patterns, the weight in every epoch of a
+    run from scratch (as long as the shared start plus a candidate) against the study's candidate (the shared
+    unregularized start, then the weight)."""
+    finals = {f"{e['family']}:{e['probe']}:{e['scan']}:{e['dose']}:{e['split']}": e
+              for path in args.finals for e in json.loads(path.read_text())}
+    out = []
+    for row in load_rows(args.bench):
+        spec = f"{row['family']}:{row['probe']}:{row['scan']}:{row['dose']}:{row['split']}"
+        data = np.load(args.criteria / f"{key(row)}.npz")
+        held_scores = data["hold_deviance"]
+        pick = largest_within_se(held_scores)
+        entry = {"dataset": spec, "pick": WEIGHTS[pick], "none": row["fixed"]["off"]["phase_mae"],
+                 "every_epoch": row["fixed"][WEIGHTS[pick]]["phase_mae"], "late": finals[spec]["final"]}
+        if pick:
+            arrays = simulate_split(BENCH_SCALES[args.scale], row["dose"], row["split"], family=row["family"],
+                                    probe=row["probe"], scan=row["scan"])
+            amplitudes = np.asarray(arrays["diffraction"])
+            y, x = np.asarray(arrays["ycoords"], float), np.asarray(arrays["xcoords"], float)
+            options = ReconstructionOptions(device="cpu", regularization=CANDIDATES[pick])
+            held = holdout_mask(len(amplitudes), options.holdout_percent, options.random_seed)
+            shared, candidate = candidate_epochs_for(row["epochs"])
+            result = reconstruct(amplitudes, arrays["probeGuess"], y, x, options.model_copy(update={"epochs": shared + candidate}),
+                                 cpu_threads=1, use_patterns=~held)
+            counts = np.square(amplitudes[held].astype(np.float64))
+            scratch = pattern_deviances(counts, predict_intensities(result.object, result.probe, result.object_origin_yx,
+                                                                   y[held], x[held]))
+            excess = scratch - held_scores[pick]
+            entry |= {"excess": float(excess.mean()), "error": float(excess.std(ddof=1) / np.sqrt(excess.size))}
+        out.append(entry)
+        print(spec, {k: (round(v, 5) if isinstance(v, float) else v) for k, v in entry.items() if k != "dataset"}, flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("run", "evaluate", "final"))
+    parser.add_argument("mode", choices=("run", "evaluate", "final", "schedule"))
     parser.add_argument("--datasets", help="run: comma-separated family:probe:scan:dose:split")
     parser.add_argument("--late", default="10,30,50", help="run: TV epochs at the end; evaluate: this bench's JSON files")
     parser.add_argument("--epochs", type=int, default=100)
@@ -182,9 +231,13 @@ def main() -> None:
     parser.add_argument("--criteria", type=Path, help="evaluate: consistency_check.py collect's folder")
     parser.add_argument("--tv-epochs", type=int, default=10, help="evaluate: the final's TV epochs")
     parser.add_argument("--rule", choices=("least", "largest"), default="least", help="final: the 1se rule's direction")
+    parser.add_argument("--finals", nargs="*", type=Path, default=[], help="schedule: final's JSON files (largest rule)")
     args = parser.parse_args()
     if args.mode == "final":
         final(args)
+        return
+    if args.mode == "schedule":
+        schedule(args)
         return
     if args.mode == "evaluate":
         args.late = [Path(p) for p in args.late.split(",")]
