@@ -169,9 +169,9 @@ def final(args) -> None:
             else:
                 arrays = simulate_split(BENCH_SCALES[saved["scale"]], row["dose"], row["split"], family=entry["family"],
                                         probe=entry["probe"], scan=entry["scan"])
-                options = ReconstructionOptions(epochs=row["epochs"] if "epochs" in row else saved["epochs"], device="cpu",
-                                                regularization=Regularization(pick),
-                                                tv_last_epochs=candidate_epochs_for(saved["epochs"])[1])
+                epochs = row.get("epochs", saved["epochs"])
+                options = ReconstructionOptions(epochs=epochs, device="cpu", regularization=Regularization(pick),
+                                                tv_last_epochs=candidate_epochs_for(epochs)[1])
                 result = reconstruct(arrays["diffraction"], arrays["probeGuess"], arrays["ycoords"], arrays["xcoords"],
                                      options, cpu_threads=1)
                 entry["final"] = phase_errors(result.object, result.object_origin_yx, arrays)["phase_mae"]
