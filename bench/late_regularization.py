@@ -7,6 +7,8 @@
     python bench/late_regularization.py final --bench study.json [...] --rule least|largest [--json out.json]
     python bench/late_regularization.py schedule --bench study.json [...] --criteria DIR --finals final.json [...]
         [--json out.json]
+    python bench/late_regularization.py phases --datasets ... [--schedules 0.3x100,0x90+0.3x10,0.3x90+0x10]
+        [--json out.json]
 
 On the smooth field at high dose the phase error is still falling steeply at epoch 100 (0.101 -> 0.095 rad over the
 last ten epochs of the unregularized run) and TV slows that fall: the misses of every truth-free criterion there
@@ -35,6 +37,10 @@ picks (from ``--criteria``), one more candidate, that weight in every epoch of a
 shared start plus a candidate, scored on the same held-out patterns against the study's candidate; it records the
 paired excess and its standard error beside the truth errors of both finals (``--finals``: ``final --rule
 largest``'s JSON; the every-epoch error from the bench file's fixed run).
+
+``phases`` asks which epochs of TV carry its gain and which its cost: each schedule is a sequence of phases
+``weight x epochs`` joined by ``+`` (``0.3x90+0x10``: the weight 0.3 for 90 epochs, then 10 without TV), run as
+one reconstruction continued from the last object and probe at each phase change, like ``run``.
 """
 
 from __future__ import annotations
@@ -219,9 +225,45 @@ def schedule(args) -> None:
         args.json.write_text(json.dumps(out, indent=1))
 
 
+def parse_schedule(text: str) -> list[tuple[Regularization, int]]:
+    """``0.3x90+0x10`` -> [(tv_0_3, 90), (off, 10)]; weights from the study's grid."""
+    members = {TV[m.value]: m for m in CANDIDATES}
+    phases = []
+    for phase in text.split("+"):
+        weight, epochs = phase.split("x")
+        if float(weight) not in members:
+            raise SystemExit(f"schedule {text!r}: weight {weight} is not on the grid {sorted(members)}")
+        phases.append((members[float(weight)], int(epochs)))
+    return phases
+
+
+def phases(args) -> None:
+    schedules = {text: parse_schedule(text) for text in ["0x100"] + args.schedules.split(",")}
+    out = []
+    for spec in args.datasets.split(","):
+        family, probe, scan, dose, split = spec.split(":")
+        arrays = simulate_split(BENCH_SCALES[args.scale], int(dose), split, family=family, probe=probe, scan=scan)
+        data = (arrays["diffraction"], arrays["probeGuess"], np.asarray(arrays["ycoords"], float),
+                np.asarray(arrays["xcoords"], float))
+        row: dict = {"dataset": spec, "schedules": {}}
+        for text, schedule_phases in schedules.items():
+            state = None
+            for member, epochs in schedule_phases:
+                options = ReconstructionOptions(epochs=epochs, device="cpu", regularization=member)
+                state = reconstruct(*data, options, cpu_threads=1,
+                                    **({} if state is None else {"initial_object": state.object, "initial_probe": state.probe}))
+            row["schedules"][text] = phase_errors(state.object, state.object_origin_yx, arrays)["phase_mae"]
+            none = row["schedules"]["0x100"]
+            print(f"{spec} {text}: {row['schedules'][text]:.4f} ({row['schedules'][text] / none - 1:+.1%} vs none)",
+                  flush=True)
+        out.append(row)
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("run", "evaluate", "final", "schedule"))
+    parser.add_argument("mode", choices=("run", "evaluate", "final", "schedule", "phases"))
     parser.add_argument("--datasets", help="run: comma-separated family:probe:scan:dose:split")
     parser.add_argument("--late", default="10,30,50", help="run: TV epochs at the end; evaluate: this bench's JSON files")
     parser.add_argument("--epochs", type=int, default=100)
@@ -231,6 +273,8 @@ def main() -> None:
     parser.add_argument("--criteria", type=Path, help="evaluate: consistency_check.py collect's folder")
     parser.add_argument("--tv-epochs", type=int, default=10, help="evaluate: the final's TV epochs")
     parser.add_argument("--rule", choices=("least", "largest"), default="least", help="final: the 1se rule's direction")
+    parser.add_argument("--schedules", default="0.3x100,0x90+0.3x10,0x50+0.3x50,0.3x90+0x10,0.3x50+0x50",
+                        help="phases: comma-separated schedules, each weight x epochs joined by +")
     parser.add_argument("--finals", nargs="*", type=Path, default=[], help="schedule: final's JSON files (largest rule)")
     args = parser.parse_args()
     if args.mode == "final":
@@ -238,6 +282,9 @@ def main() -> None:
         return
     if args.mode == "schedule":
         schedule(args)
+        return
+    if args.mode == "phases":
+        phases(args)
         return
     if args.mode == "evaluate":
         args.late = [Path(p) for p in args.late.split(",")]
