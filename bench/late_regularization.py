@@ -71,18 +71,27 @@ from regularization_study import BENCH_SCALES, phase_errors
 from summarize_regularization import TV, WEIGHTS, meets
 
 
-def one_dataset(spec: str, epochs: int, lates: list[int], scale: str) -> dict:
+def simulate(spec: str, scale: str) -> tuple[dict, tuple]:
+    """The split named ``family:probe:scan:dose:split``, and the arrays ``reconstruct`` takes first."""
     family, probe, scan, dose, split = spec.split(":")
     arrays = simulate_split(BENCH_SCALES[scale], int(dose), split, family=family, probe=probe, scan=scan)
-    args = (arrays["diffraction"], arrays["probeGuess"], np.asarray(arrays["ycoords"], float),
-            np.asarray(arrays["xcoords"], float))
+    return arrays, (arrays["diffraction"], arrays["probeGuess"], np.asarray(arrays["ycoords"], float),
+                    np.asarray(arrays["xcoords"], float))
+
+
+def continued_from(state) -> dict:
+    """``reconstruct``'s keywords to go on from an earlier result's object and probe (none: start afresh)."""
+    return {} if state is None else {"initial_object": state.object, "initial_probe": state.probe}
+
+
+def one_dataset(spec: str, epochs: int, lates: list[int], scale: str) -> dict:
+    arrays, args = simulate(spec, scale)
     base = ReconstructionOptions(epochs=epochs, device="cpu", regularization=Regularization.off)
     row: dict = {"dataset": spec, "late": {}}
     done, state = 0, None
     for late in sorted(lates, reverse=True) + [0]:
         steps = epochs - late - done
-        state = reconstruct(*args, base.model_copy(update={"epochs": steps}), cpu_threads=1,
-                            **({} if state is None else {"initial_object": state.object, "initial_probe": state.probe}))
+        state = reconstruct(*args, base.model_copy(update={"epochs": steps}), cpu_threads=1, **continued_from(state))
         done = epochs - late
         if late == 0:
             row["none_continued"] = phase_errors(state.object, state.object_origin_yx, arrays)["phase_mae"]
@@ -238,22 +247,22 @@ def parse_schedule(text: str) -> list[tuple[Regularization, int]]:
 
 
 def phases(args) -> None:
-    schedules = {text: parse_schedule(text) for text in ["0x100"] + args.schedules.split(",")}
+    none_text = f"0x{args.epochs}"
+    schedules = {text: parse_schedule(text) for text in [none_text] + args.schedules.split(",")}
+    for text, schedule_phases in schedules.items():
+        if sum(epochs for _, epochs in schedule_phases) != args.epochs:
+            raise SystemExit(f"schedule {text!r}: its phases do not add up to --epochs {args.epochs}")
     out = []
     for spec in args.datasets.split(","):
-        family, probe, scan, dose, split = spec.split(":")
-        arrays = simulate_split(BENCH_SCALES[args.scale], int(dose), split, family=family, probe=probe, scan=scan)
-        data = (arrays["diffraction"], arrays["probeGuess"], np.asarray(arrays["ycoords"], float),
-                np.asarray(arrays["xcoords"], float))
+        arrays, data = simulate(spec, args.scale)
         row: dict = {"dataset": spec, "schedules": {}}
         for text, schedule_phases in schedules.items():
             state = None
             for member, epochs in schedule_phases:
                 options = ReconstructionOptions(epochs=epochs, device="cpu", regularization=member)
-                state = reconstruct(*data, options, cpu_threads=1,
-                                    **({} if state is None else {"initial_object": state.object, "initial_probe": state.probe}))
+                state = reconstruct(*data, options, cpu_threads=1, **continued_from(state))
             row["schedules"][text] = phase_errors(state.object, state.object_origin_yx, arrays)["phase_mae"]
-            none = row["schedules"]["0x100"]
+            none = row["schedules"][none_text]
             print(f"{spec} {text}: {row['schedules'][text]:.4f} ({row['schedules'][text] / none - 1:+.1%} vs none)",
                   flush=True)
         out.append(row)
