@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS
 from fly64_assets.defs.resources import StudyPaths
 from fly64_assets_tests.dagster_dev import DagsterDev, StudyBackfill, StudyServer, run_ui_backfill, study_environment
 from fly64_assets_tests.postgres_server import postgres_binaries, throwaway_postgres
+from fly64_assets_tests.slurm_cluster import Slurm, slurm_installed, throwaway_slurm
 from fly64_assets_tests.support import REPO_ROOT, copy_study, kept_artifacts_dir, running_in_ci
 
 SERVER_EPOCHS = 5
@@ -154,3 +156,15 @@ def study_backfill(study_server) -> StudyBackfill:
     )
     print(f"backfill {backfill_id}: {backfill['status']} in {seconds:.0f} s (PostgreSQL: {study_server.on_postgres})")
     return StudyBackfill(backfill_id, backfill, seconds)
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Slurm:
+    """A one-node Slurm on this machine (Debian's slurmctld, slurmd and slurm-client; CI installs them), once per
+    session; the tests hand its ``env`` (``SLURM_CONF``) to the commands they start."""
+    if not slurm_installed():
+        pytest.skip("Slurm is not installed: apt-get install slurmctld slurmd slurm-client")
+    if os.geteuid() != 0:
+        pytest.skip("slurmd starts jobs only as root")
+    with throwaway_slurm() as running:
+        yield running

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -120,26 +121,43 @@ def test_compute_comes_from_the_environment_and_a_cluster_beyond_this_machine_ne
     assert both.configuration_errors(study.folders()) == ["both a scheduler (tcp://127.0.0.1:1) and a cluster file (slurm.yaml) are set: set one"]
 
 
-def test_a_cluster_file_describes_a_dask_jobqueue_cluster(tmp_path):
+def test_a_cluster_file_describes_a_dask_jobqueue_cluster_with_tls_and_a_job_folder(tmp_path):
     pytest.importorskip("dask_jobqueue")  # a dev dependency: installed wherever the suite runs
     good = tmp_path / "slurm.yaml"
     good.write_text("slurm:\n  queue: gpu\n  cores: 8\n  memory: 64GB\n  job_extra_directives: ['--gres=gpu:1']\n  jobs: 0\n")
-    with cluster_from_file(good) as slurm:
+    jobs = tmp_path / "jobs"
+    with cluster_from_file(good, jobs) as slurm:
         script = slurm.job_script()
         dashboard_port = int(slurm.dashboard_link.rsplit(":", 1)[1].split("/")[0])
         listening = {c.laddr.port: c.laddr.ip for c in psutil.Process().net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+        scheduler_address = slurm.scheduler_address
+        credentials = [Path(path) for path in re.findall(r"--tls-(?:ca-file|cert|key) (\S+)", script)]
+        modes = {path.name: path.stat().st_mode & 0o777 for path in credentials}
+        folder_mode = credentials[0].parent.stat().st_mode & 0o777
     assert "#SBATCH -p gpu" in script and "#SBATCH --gres=gpu:1" in script
     assert "--nthreads 1 " in script and "--nworkers 8 " in script  # single-threaded workers: one task at a time
     # The scheduler listens where the batch jobs' workers can reach it; its dashboard on this machine only.
     assert listening[dashboard_port] == "127.0.0.1"
+    # TLS by default: the workers' credentials are files in the job folder that only the owner can read, gone after.
+    assert scheduler_address.startswith("tls://") and "--protocol tls://" in script
+    assert modes == {"ca.pem": 0o600, "cert.pem": 0o600, "key.pem": 0o600}, modes
+    assert folder_mode == 0o700 and credentials[0].parents[2] == jobs and not credentials[0].parent.parent.exists()
+    assert f"#SBATCH -o {jobs}/dask-worker-%J.out" in script and "--preload fly64_assets.lib.dask_compute" in script
     bad = tmp_path / "bad.yaml"
     bad.write_text("kubernetes: {}\n")
     with pytest.raises(ValueError, match=r"cluster file .*bad.yaml: expected exactly one of \['htcondor', 'lsf', 'moab'"):
-        cluster_from_file(bad)
+        with cluster_from_file(bad, jobs):
+            pass
     broken = tmp_path / "broken.yaml"
     broken.write_text("slurm: [unclosed\n")
     with pytest.raises(ValueError, match="cannot read it as YAML"):
-        cluster_from_file(broken)
+        with cluster_from_file(broken, jobs):
+            pass
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("slurm: {cores: 1, memory: 1GB, security: false}\n")
+    with pytest.raises(ValueError, match="security must be true"):
+        with cluster_from_file(plain, jobs):
+            pass
 
 
 def test_every_address_a_local_cluster_opens_is_on_loopback(cluster):

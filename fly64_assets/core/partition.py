@@ -125,6 +125,22 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+BATCH_JOB_VARIABLES = {"slurm": ("SLURM_JOB_ID", "SLURMD_NODENAME"), "pbs": ("PBS_JOBID", None)}
+"""Per batch system, the variables its jobs set: the job's id and, where it has one, the node's name."""
+
+
+def worker_identity() -> dict:
+    """Where this process runs: ``host``, ``pid`` and, inside a batch job (a dask-jobqueue worker), ``batch_job``:
+    the system, the job's id and its node (the hostname where the system does not name it)."""
+    identity: dict = {"host": socket.gethostname(), "pid": os.getpid(), "batch_job": None}
+    for system, (job_variable, node_variable) in BATCH_JOB_VARIABLES.items():
+        if os.environ.get(job_variable):
+            node = os.environ.get(node_variable or "") or socket.gethostname()
+            identity["batch_job"] = {"system": system, "id": os.environ[job_variable], "node": node}
+            break
+    return identity
+
+
 def partition_loader() -> LoadValid:
     """``load_valid`` remembered for one partition: its input file (and its split's Phase C file, for the
     scoring box) is decompressed and validated once for both the reconstruction and the score. A new one per
@@ -321,7 +337,7 @@ def reconstruct_partition(
         "wall_time_s": result.wall_time_s,
         "step_time_s": time.perf_counter() - started,
         "device": result.device,
-        "worker": {"host": socket.gethostname(), "pid": os.getpid()},
+        "worker": worker_identity(),
         "started_utc": started_utc,
         "ended_utc": utc_now(),
         "n_patterns": result.n_patterns,

@@ -13,8 +13,6 @@ many reconstructions ran at once.
 
 from __future__ import annotations
 
-import os
-import socket
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +32,7 @@ from fly64_assets.core.partition import (
     reconstruct_partition,
     score_partition,
     utc_now,
+    worker_identity,
 )
 
 
@@ -83,7 +82,7 @@ class PartitionOutcome:
     notes: list[tuple[str, str]] = field(default_factory=list)
     """(level, message) pairs worth the run's log: a stale partial file removed, the regularization chosen."""
     placement: dict = field(default_factory=dict)
-    """host, pid, device, started_utc, ended_utc."""
+    """host, pid, batch_job (``worker_identity``), device, started_utc, ended_utc."""
 
     @property
     def failed(self) -> bool:
@@ -132,8 +131,7 @@ def run_partition(
     ``Cancelled`` is raised. ``map_candidates`` says where the candidates of an ``auto`` choice run."""
     outcome = PartitionOutcome(request.key)
     outcome.placement = {
-        "host": socket.gethostname(), "pid": os.getpid(), "device": request.options.device,
-        "started_utc": utc_now(), "ended_utc": None,
+        **worker_identity(), "device": request.options.device, "started_utc": utc_now(), "ended_utc": None,
     }
     stop_at_epoch = StopAtEpoch(request.key, should_stop)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 from dagster import ConfigurableResource
 from pydantic import Field
@@ -29,6 +30,8 @@ from fly64_assets.lib.dask_compute import ClusterDispatch, InlineDispatch, clust
 DASK_SCHEDULER_ENV = "FLY64_DASK_SCHEDULER"
 DASK_CLUSTER_FILE_ENV = "FLY64_DASK_CLUSTER_FILE"
 DASK_WORKERS_ENV = "FLY64_DASK_WORKERS"
+CLUSTER_JOBS_FOLDER = "cluster_jobs"
+"""Under the artifact root, per run: a cluster file's batch jobs' logs (unless the file sets ``log_directory``)."""
 AUTO = -1
 
 WORKERS_PER_GPU = 8
@@ -144,5 +147,6 @@ class StudyCompute(ConfigurableResource):
         with cluster_dispatch(
             run_id, scheduler=self.scheduler, cluster_file=self.cluster_file, local_workers=workers, gpus=gpus,
             cpu_threads=threads, lease_timeout_s=self.lease_timeout_s,
+            job_folder=Path(folders.artifact_root) / CLUSTER_JOBS_FOLDER / run_id,
         ) as dispatch:
             yield dispatch

@@ -27,9 +27,11 @@ partition one retry on another worker.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import itertools
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ from pathlib import Path
 
 from fly64_assets.core.lsqml import import_ptychi
 from fly64_assets.core.partition_task import Cancelled, PartitionOutcome, PartitionRequest, run_partition
+from fly64_assets.lib.dask_security import CA_FILE, CERT_FILE, KEY_FILE, temporary_security, write_credentials
 
 LOOPBACK = "127.0.0.1"
 LEASE_REFRESH_S = 2.0
@@ -78,10 +81,27 @@ def local_cluster(workers: int, gpus: int):
                        silence_logs=logging.WARNING, name="fly64")
 
 
-def cluster_from_file(path: Path):
-    """A dask-jobqueue cluster from a YAML file with one entry, e.g. ``slurm: {queue: gpu, cores: 8, memory:
-    64GB, job_extra_directives: ["--gres=gpu:1"], jobs: 2}`` (``jobs``: how many batch jobs to start; the other
-    keys are the cluster class's arguments; ``processes`` defaults to ``cores``: single-threaded workers)."""
+def _batch_job_security(folder: Path):
+    """TLS for a cluster whose workers run in batch jobs: fresh temporary credentials (``temporary_security``: one
+    certificate for every role), the workers' copy written to ``folder`` (made here, mode 0700, each file 0600),
+    which the jobs read on the shared filesystem."""
+    security = copy.copy(temporary_security())
+    files = write_credentials(security, folder)
+    security.tls_ca_file = str(files / CA_FILE)
+    security.tls_worker_cert, security.tls_worker_key = str(files / CERT_FILE), str(files / KEY_FILE)
+    return security
+
+
+@contextlib.contextmanager
+def cluster_from_file(path: Path, job_folder: Path) -> Iterator:
+    """A dask-jobqueue cluster from a YAML file with one entry, e.g. ``slurm: {cores: 8, memory: 64GB,
+    job_extra_directives: ["--gres=gpu:1"], jobs: 2}`` (``jobs``: how many batch jobs to start; the other keys
+    are the cluster class's arguments; ``processes`` defaults to ``cores``: single-threaded workers), started,
+    then closed (its jobs cancelled).
+
+    ``job_folder`` (on the shared filesystem) takes the jobs' logs, unless the file sets ``log_directory``, and,
+    while the cluster runs, the workers' TLS credentials: every connection is TLS with credentials made for this
+    cluster (what jobqueue's ``security=True`` does, with files the owner's alone)."""
     import yaml
 
     try:
@@ -93,17 +113,28 @@ def cluster_from_file(path: Path):
         raise ValueError(f"cluster file {path}: expected exactly one of {sorted(JOBQUEUE_CLUSTERS)} at the top level, found {found}")
     ((kind, options),) = document.items()
     options = dict(options or {})
+    if options.pop("security", True) is not True:
+        raise ValueError(f"cluster file {path}: security must be true (TLS with credentials made per cluster) or left out")
     jobs = int(options.pop("jobs", 1))
     options.setdefault("processes", options.get("cores", 1))  # one single-threaded worker per core: a task at a time
+    options.setdefault("log_directory", str(job_folder))
+    # Workers preload torch and pty-chi; no worker dashboard (plain HTTP on the node's network).
+    options["worker_extra_args"] = [*(options.get("worker_extra_args") or []), "--preload", __name__, "--no-dashboard"]
     # The scheduler must listen where the batch jobs' workers reach it; its dashboard need not: this machine only.
     options["scheduler_options"] = {"dashboard_address": f"{LOOPBACK}:0", **(options.get("scheduler_options") or {})}
     try:
         jobqueue = importlib.import_module("dask_jobqueue")
     except ImportError as error:
         raise ValueError(f"cluster file {path} names a {kind} cluster: install dask-jobqueue") from error
-    cluster = getattr(jobqueue, JOBQUEUE_CLUSTERS[kind])(**options)
-    cluster.scale(jobs=jobs)
-    return cluster
+    job_folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".tls-", dir=job_folder) as private:
+        security = _batch_job_security(Path(private) / "worker")
+        cluster = getattr(jobqueue, JOBQUEUE_CLUSTERS[kind])(**options, security=security)
+        try:
+            cluster.scale(jobs=jobs)
+            yield cluster
+        finally:
+            cluster.close()
 
 
 class InlineDispatch:
@@ -277,26 +308,25 @@ class ClusterDispatch:
 @contextlib.contextmanager
 def cluster_dispatch(
     run_id: str, *, scheduler: str = "", cluster_file: str = "", local_workers: int = 0, gpus: int = 0,
-    cpu_threads: int | None = None, lease_timeout_s: float = 30.0,
+    cpu_threads: int | None = None, lease_timeout_s: float = 30.0, job_folder: Path | None = None,
 ) -> Iterator[ClusterDispatch]:
     """A dispatch on the running scheduler at ``scheduler``, else on a cluster started for this run from
-    ``cluster_file`` or on this machine (``local_workers`` workers over ``gpus`` GPUs), closed at the end. However
-    the run ends (done, failed, terminated), its tasks are told to stop."""
+    ``cluster_file`` (its batch jobs' logs in ``job_folder``) or on this machine (``local_workers`` workers over
+    ``gpus`` GPUs), closed at the end. However the run ends (done, failed, terminated), its tasks are told to
+    stop."""
     from distributed import Client
 
-    if scheduler:
-        cluster = None
-    elif cluster_file:
-        cluster = cluster_from_file(Path(cluster_file))
-    else:
-        cluster = local_cluster(local_workers, gpus)
-    try:
+    with contextlib.ExitStack() as stack:
+        if scheduler:
+            cluster = None
+        elif cluster_file:
+            cluster = stack.enter_context(cluster_from_file(Path(cluster_file), job_folder))
+        else:
+            cluster = local_cluster(local_workers, gpus)
+            stack.callback(cluster.close)
         with Client(scheduler or cluster, set_as_default=False) as client:
             dispatch = ClusterDispatch(client, RunChannel(run_id, lease_timeout_s), cpu_threads)
             try:
                 yield dispatch
             finally:
                 dispatch.stop()
-    finally:
-        if cluster is not None:
-            cluster.close()

@@ -123,6 +123,12 @@ def _significant(value: float) -> float:
     return float(f"{value:.4g}")
 
 
+def _worker_text(worker: dict) -> str:
+    """``host pid N``, and inside a batch job which job on which node (``core.partition.worker_identity``)."""
+    job = worker.get("batch_job")
+    return f"{worker['host']} pid {worker['pid']}" + (f", {job['system']} job {job['id']} on {job['node']}" if job else "")
+
+
 def _reconstructed_metadata(key: str, done: Reconstructed) -> dict:
     """A reconstructed partition's metadata: numbers as the report shows them (the record keeps every value)."""
     from fly64_assets.core.figures import markdown_image
@@ -133,7 +139,7 @@ def _reconstructed_metadata(key: str, done: Reconstructed) -> dict:
         "final_loss": _significant(record["final_loss"]),
         "wall time (s)": round(record["wall_time_s"], 1),
         "device": record["device"],
-        "worker": f"{record['worker']['host']} pid {record['worker']['pid']}",
+        "worker": _worker_text(record["worker"]),
         "started (UTC)": record["started_utc"],
         "ended (UTC)": record["ended_utc"],
         "n_patterns": record["n_patterns"],

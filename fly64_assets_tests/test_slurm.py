@@ -1,0 +1,120 @@
+"""The study on a real Slurm (the session's one-node ``slurm`` fixture), with the cluster file exactly as
+docs/CLUSTER.md shows it: ``fly64 run`` and ``dagster asset materialize`` reconstruct their partitions in
+workers inside Slurm jobs, each record names its job and node, the jobs' logs land in the run's job folder (not
+the folder the command started from), every connection is TLS, and no job is left when the command ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from dagster import AssetKey, DagsterInstance
+
+from fly64_assets.core.bookkeeping import RECONSTRUCTION_RECORD
+from fly64_assets.defs.compute import CLUSTER_JOBS_FOLDER, DASK_CLUSTER_FILE_ENV
+from fly64_assets.lib.cluster_preflight import SHARED_ARTIFACT_ROOT_ENV, SHARED_INPUT_ROOTS_ENV
+from fly64_assets_tests.support import REPO_ROOT
+
+EPOCHS = 5
+COMMAND_TIMEOUT_S = 240
+SQUEUE_EMPTY_WITHIN_S = 15.0
+"""``scancel`` returns before the jobs are gone: slurmd ends them (a running worker gets SIGTERM) within seconds."""
+
+
+def documented_cluster_file() -> str:
+    """The Slurm cluster file as docs/CLUSTER.md shows it (its first YAML block in the batch-system section)."""
+    section = (REPO_ROOT / "docs/CLUSTER.md").read_text().split("## A batch-system cluster per run", 1)[1]
+    return section.split("```yaml\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.fixture
+def slurm_study(slurm, study_paths, tmp_path) -> tuple[dict, Path]:
+    """The environment of a command started on a Slurm login node with the documented cluster file (the roots
+    declared shared: they are on one machine's disk, which every job here sees), and an empty folder to start
+    it from."""
+    cluster_file = tmp_path / "slurm.yaml"
+    cluster_file.write_text(documented_cluster_file())
+    home, start_folder = tmp_path / "dagster_home", tmp_path / "start_here"
+    home.mkdir()
+    start_folder.mkdir()
+    env = {
+        **os.environ, **slurm.env, DASK_CLUSTER_FILE_ENV: str(cluster_file), SHARED_ARTIFACT_ROOT_ENV: "1",
+        SHARED_INPUT_ROOTS_ENV: "1", "DAGSTER_HOME": str(home), "FLY64_PHASE_C_ROOT": study_paths.phase_c_root,
+        "FLY64_PHASE_D_ROOT": study_paths.phase_d_root, "FLY64_ARTIFACT_ROOT": study_paths.artifact_root,
+        "FLY64_EPOCHS": str(EPOCHS), "FLY64_REGULARIZATION": "off",
+    }
+    return env, start_folder
+
+
+def _command(name: str, *args: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    done = subprocess.run([str(Path(sys.executable).parent / name), *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=COMMAND_TIMEOUT_S)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return done
+
+
+def _records(artifact_root: Path) -> dict[str, dict]:
+    return {str(path.parent.relative_to(artifact_root)): json.loads(path.read_text())
+            for path in artifact_root.rglob(RECONSTRUCTION_RECORD)}
+
+
+def _assert_ran_in_the_runs_slurm_jobs(slurm, artifact_root: Path, records: dict[str, dict], start_folder: Path) -> dict:
+    """Each record names one of the run's Slurm jobs and the node; those jobs' logs are in the run's job folder
+    (the documented place), say the workers spoke TLS, and no credentials are left; none went to the folder the
+    command started from; no job is left in ``squeue``. Returns the jobs' ids by record."""
+    jobs_wanted = yaml.safe_load(documented_cluster_file())["slurm"]["jobs"]
+    (run_folder,) = (artifact_root / CLUSTER_JOBS_FOLDER).iterdir()
+    logs = sorted(path.name for path in run_folder.iterdir())
+    job_ids = {name.removeprefix("dask-worker-").split(".")[0] for name in logs}
+    assert len(job_ids) == jobs_wanted and logs == sorted(f"dask-worker-{i}.{e}" for i in job_ids for e in ("err", "out")), logs
+    for job_id in job_ids:
+        worker_log = (run_folder / f"dask-worker-{job_id}.err").read_text()
+        assert "Registered to:" in worker_log and "tls://" in worker_log and "tcp://" not in worker_log, worker_log[-2000:]
+    ran_in = {}
+    for folder, record in records.items():
+        job = record["worker"]["batch_job"]
+        assert job["system"] == "slurm" and job["node"] == slurm.node and job["id"] in job_ids, (folder, record["worker"])
+        ran_in[folder] = job["id"]
+    assert list(start_folder.iterdir()) == []  # no slurm-N.out, no credentials where the command was started
+    deadline = time.monotonic() + SQUEUE_EMPTY_WITHIN_S
+    while slurm.jobs() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert slurm.jobs() == [], slurm.command("squeue")
+    return ran_in
+
+
+@pytest.mark.timeout(300)
+def test_fly64_run_reconstructs_its_partitions_in_slurm_jobs(slurm, slurm_study, study_paths):
+    env, start_folder = slurm_study
+    started = time.monotonic()
+    done = _command("fly64", "run", "--dose", "1000", "--dose", "10000", "--view", "dense", "--epochs", str(EPOCHS),
+                    "--regularization", "off", env=env, cwd=start_folder)
+    print(f"fly64 run of 4 partitions on Slurm: {time.monotonic() - started:.1f} s")
+    assert f"on the dask cluster of {env[DASK_CLUSTER_FILE_ENV]}" in done.stdout
+    artifact_root = Path(study_paths.artifact_root)
+    records = _records(artifact_root)
+    assert sorted(records) == [f"dose_{dose}/dense/{split}" for dose in (1000, 10000) for split in ("test", "train")]
+    assert all(record["status"] == "succeeded" and len(record["options"]) and record["options"]["epochs"] == EPOCHS
+               for record in records.values())
+    _assert_ran_in_the_runs_slurm_jobs(slurm, artifact_root, records, start_folder)
+
+
+@pytest.mark.timeout(300)
+def test_dagster_asset_materialize_reconstructs_its_partition_in_a_slurm_job(slurm, slurm_study, study_paths):
+    env, start_folder = slurm_study
+    _command("dagster", "asset", "materialize", "-m", "fly64_assets.definitions", "--select", "ptychi_reconstruction",
+             "--partition", "1000|dense_train", env=env, cwd=start_folder)
+    artifact_root = Path(study_paths.artifact_root)
+    records = _records(artifact_root)
+    assert list(records) == ["dose_1000/dense/train"]
+    (job_id,) = _assert_ran_in_the_runs_slurm_jobs(slurm, artifact_root, records, start_folder).values()
+    with DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        (event,) = instance.fetch_materializations(AssetKey("ptychi_reconstruction"), limit=10).records
+    worker = event.asset_materialization.metadata["worker"].value
+    assert worker.endswith(f", slurm job {job_id} on {slurm.node}"), worker
