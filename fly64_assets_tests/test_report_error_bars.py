@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from fly64_assets.core.design import DOSES, Dataset
 from fly64_assets.core.report import figures, fits, page, tables
 from fly64_assets.core.report.headline import headline
 from fly64_assets.core.report.records import METRICS
+from fly64_assets.core.report.regularization import regularization_markdown
 from fly64_assets.defs.inputs.assets import phase_c_patched, phase_d_overlap
 from fly64_assets.defs.reconstruction.assets import ptychi_reconstruction
 from fly64_assets_tests.figure_checks import assert_figure_drawn, png_in_markdown
@@ -178,6 +180,107 @@ def test_convergence_verdicts_from_the_curves_shape():
     assert_figure_drawn(figures.convergence_png(curves), "convergence.png")
     assert_figure_drawn(figures.convergence_png({}), "convergence.png, nothing recorded")
     assert fits.convergence_notes({}) == []
+
+
+RISE_THEN_TV = [0.30, 0.31, 0.32, 0.33, 0.34, 0.35, 0.36, 0.37, 0.38, 0.27]
+"""Phase error every 10 epochs of a 100-epoch run with auto's TV phase in the last 10: rising from epoch 10 to 90
+(the noise being fitted), falling only at epoch 100, after TV (the default study at 1e3, issue 30)."""
+
+
+def test_convergence_is_judged_before_the_tv_phase_and_the_tv_effect_reported_beside_it():
+    epochs = np.arange(10, 101, 10)
+    # Judged over the whole curve, the TV drop would read as convergence still under way.
+    assert fits.convergence_verdict(epochs, RISE_THEN_TV)["verdict"] == "still improving"
+    verdict = fits.convergence_verdict(epochs, RISE_THEN_TV, tv_from_epoch=91)
+    assert (verdict["verdict"], verdict["best_epoch"], verdict["judged_to"], verdict["epochs_run"]) == ("rises", 10, 90, 100)
+    assert verdict["final"] == 0.38 and verdict["after_tv"] == 0.27
+    assert verdict["tv_change"] == pytest.approx((0.27 - 0.38) / 0.38)
+
+    fixed = curve(epochs, RISE_THEN_TV) | {"tv_from_epoch": 1}  # a fixed weight in every epoch
+    curves = {(1000, "baseline", split): curve(epochs, RISE_THEN_TV) | {"tv_from_epoch": 91} for split in ("train", "test")}
+    curves |= {(1000, "dense", "train"): fixed, (10000, "baseline", "train"): curve(epochs, 0.1 + 0.3 * np.exp(-epochs / 7.0))}
+    # the splits disagree on the TV phase (auto kept 0.1 on one, 0 on the other): one split's curve, named
+    curves |= {(100000, "baseline", "train"): curves[(1000, "baseline", "train")], (100000, "baseline", "test"): curve(epochs, RISE_THEN_TV)}
+    notes = fits.convergence_notes(curves)
+    assert notes[0].startswith(
+        "At 1e3, phase MAE vs epoch: baseline before TV best at epoch 10 (0.300 rad), 27% worse by epoch 90: more epochs "
+        "would not help — TV in the last 10 epochs: −28.9% (to 0.270 rad at epoch 100); dense (train only) ran with TV "
+        "in every epoch: no unregularized epochs to judge convergence on (0.270 rad at epoch 100);"
+    )
+    assert "stops improving after ~40 epochs (within 2% of its final 0.100 rad): 100 is enough" in notes[1]  # no TV
+    assert "baseline (train only) before TV best at epoch 10" in notes[2]
+    assert fits.convergence_verdicts(curves)[(1000, "dense")]["verdict"] == "regularized throughout"
+    assert_figure_drawn(figures.convergence_png(curves), "convergence.png with TV phases")
+
+    # Whatever the shape: where the error rose before the TV phase, no verdict asks for more epochs.
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        before = 0.2 + np.cumsum(rng.normal(0.0, 0.02, 9))
+        if before.min() <= 0 or before[-1] - before.min() <= fits.LEVEL_TOLERANCE * before[-1]:
+            continue  # ended within the tolerance of its best: no rise to guard against
+        values = [*before, before[-1] * rng.uniform(0.5, 1.1)]
+        verdict = fits.convergence_verdict(epochs, values, tv_from_epoch=91)
+        note = fits.convergence_notes({(1000, "baseline", "train"): curve(epochs, values) | {"tv_from_epoch": 91}})[0]
+        assert verdict["verdict"] == "rises" and "would help" not in note and "too few" not in note, values
+
+
+def test_the_tv_phase_starts_where_the_record_says_pty_chi_applied_it():
+    """``tv_from_epoch`` read from a record's options against pty-chi itself: with TV in the last 2 of 4 epochs, the
+    object after epochs 1 and 2 is the unregularized run's, after epoch 3 it is not."""
+    from fly64_assets.core.lsqml import reconstruct
+    from fly64_assets.core.options import ReconstructionOptions
+    from fly64_assets.core.report.regularization import tv_from_epoch
+    from fly64_assets.core.synthetic import simulate_split
+
+    arrays = simulate_split("demo", 100000, "train")
+    every_third = slice(None, None, 3)
+    data = [arrays["diffraction"][every_third], arrays["probeGuess"], arrays["ycoords"][every_third], arrays["xcoords"][every_third]]
+    objects = {}
+    for name, options in {"off": ReconstructionOptions(epochs=4, device="cpu", regularization="off"),
+                          "late TV": ReconstructionOptions(epochs=4, device="cpu", regularization="tv_0_3", tv_last_epochs=2)}.items():
+        snapshots = {}
+        reconstruct(*data, options, snapshot_every=1, on_snapshot=lambda epoch, obj, origin: snapshots.update({epoch: obj}))
+        objects[name] = snapshots
+        record_options = options.as_dict()
+    first = tv_from_epoch(record_options)
+    assert first == 3
+    assert all(np.array_equal(objects["off"][epoch], objects["late TV"][epoch]) for epoch in range(1, first))
+    assert not np.allclose(objects["off"][first], objects["late TV"][first])
+    assert tv_from_epoch({"regularization": "tv_0_1", "epochs": 100, "tv_last_epochs": None}) == 1  # every epoch
+    assert tv_from_epoch({"regularization": "off", "epochs": 100, "tv_last_epochs": 10}) is None  # auto kept 0
+    assert tv_from_epoch({}) is None  # a record older than the options
+
+
+def test_no_plus_minus_in_a_generated_report_reads_zero_where_the_spread_is_not():
+    """Replicates 0.02 % apart and exponents 0.0008 apart: every ± of the headline, the tables, the UI's Markdown and
+    the page shows a non-zero first digit, and its value the same decimals."""
+    records = hand_made_records({"train": -0.320, "test": -0.3208})
+    by_job = {(r["dose"], r["view"], r["split"]): r for r in records}
+    for (dose, view, split), record in by_job.items():
+        if split == "test" and record["status"] == "succeeded":
+            train = by_job[(dose, view, "train")]
+            record.update({m: train[m] * 1.0002 for m in METRICS if m != "frc_resolution_px"})
+    candidates = [{"regularization": f"tv_{w}", "tv_weight": w, "poisson_deviance": 0.3 + w / 1000,
+                   "excess_over_lowest": w / 1000, "excess_standard_error": 0.00004} for w in (0.0, 0.03, 0.1)]
+    by_job[(1000, "baseline", "train")].update(requested_regularization="auto", tv_weight=0.03, regularization_choice={
+        "chosen": "tv_0.03", "chosen_tv_weight": 0.03, "lowest_deviance": "tv_0.0", "candidates": candidates,
+        "n_held_out": 10, "n_patterns": 98, "held_out_coverage": 0.97, "cost_factor": 1.7, "evidence": "clear"})
+    rows = tables.quality_rows(records)
+    summary = tables.replicate_summary(rows)
+    exponents = fits.dose_exponent_replicates(rows)
+    assert 0 < exponents["baseline"]["uncertainty"] < 0.0005 and all(s["phase_mae_spread"] != 0 for s in summary if s["n_replicates"] == 2)
+    line = headline(rows)
+    text = page.report_markdown(line, tables.rows_to_markdown(rows), {}, exponents, [],
+                                summary_table=tables.summary_to_markdown(summary), regularization=regularization_markdown(records))
+    html = page.html_page("study", text)
+    assert "D^(-0.3204 ± 0.0004)" in line  # was -0.32 ± 0.00
+    assert "| baseline | -0.3204 | 0.0004 | -0.320 | -0.321 |" in text  # was -0.320 | 0.000
+    assert "(+0.00003 ± 0.00004)" in text
+    pairs = re.findall(r"([-+]?\d+\.?\d*) ± (\d+\.?\d*)", text + html)
+    assert len(pairs) > 30
+    for value, spread in pairs:
+        assert float(spread) > 0, (value, spread)
+        assert len(value.partition(".")[2]) == len(spread.partition(".")[2]), (value, spread)
 
 
 def test_the_pages_carry_the_replicate_table_the_exponents_and_the_convergence_notes():

@@ -1,7 +1,9 @@
 """The report's text is data: from a fixed set of quality records (scored, skipped, failed and missing jobs; auto,
 fixed and no regularization; convergence curves), the CSV and Markdown files and the UI's Markdown equal, byte for
 byte, what the report wrote before its code became a package (``data/report_golden``, written by that code), and
-the HTML page, now rendered from that Markdown, carries the same tables, sentences and numbers."""
+the HTML page, now rendered from that Markdown, carries the same tables, sentences and numbers. Changed since, in
+the golden files too: the curves carry their TV phase (``tv_from_epoch``, as the records' regularization says),
+and the convergence notes and their intro judge each curve before it and give its effect beside the verdict."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from fly64_assets.core.design import DOSES, SPLITS, VIEWS
 from fly64_assets.core.figures import log_scale_plain_labels, plt, png_bytes
@@ -263,8 +264,10 @@ def convergence_png(curves: dict) -> bytes:
     """Quality against the truth vs epoch beside the loss: one row per dose, columns phase MAE, FRC
     resolution (:data:`CONVERGENCE_METRICS`) and the loss per epoch (log scale); colour and marker = view,
     solid = train, dashed = test; a dotted vertical line in a view's colour marks where its phase error
-    stops improving (:func:`convergence_notes`; at its best epoch when it then gets worse). ``curves`` maps (dose, view, split) to ``{"epochs": [...], "<metric>":
-    [...], "loss_per_epoch": [...]}`` (any part may be absent); a dose with nothing recorded is greyed."""
+    stops improving (:func:`convergence_notes`, judged before any TV phase; at its best epoch when it then gets
+    worse); a grey band marks the epochs with TV where a run had unregularized ones before them. ``curves`` maps
+    (dose, view, split) to ``{"epochs": [...], "<metric>": [...], "loss_per_epoch": [...], "tv_from_epoch": int |
+    None}`` (any part may be absent); a dose with nothing recorded is greyed."""
     columns = (*CONVERGENCE_METRICS, "loss_per_epoch")
     verdicts = convergence_verdicts(curves, CONVERGENCE_METRICS[0])
     figure, axes = plt.subplots(len(DOSES), len(columns), figsize=(4.4 * len(columns), 2.9 * len(DOSES) + 0.8), squeeze=False)
@@ -301,6 +304,8 @@ def convergence_png(curves: dict) -> bytes:
                 _unavailable_panel(axis, "nothing recorded")
                 _bare(axis)
                 continue
+            for start in {(curves.get((dose, v, s)) or {}).get("tv_from_epoch") for v in VIEWS for s in SPLITS} - {None, 1}:
+                axis.axvspan(start - 1, axis.get_xlim()[1], color="grey", alpha=0.12, linewidth=0)  # after epoch start - 1
             if column in ("loss_per_epoch", "frc_resolution_px"):  # a FRC that never correlates is tens of px
                 log_scale_plain_labels(axis)
             if column == "frc_resolution_px":
@@ -317,6 +322,7 @@ def convergence_png(curves: dict) -> bytes:
     handles = [Line2D([], [], color=VIEW_COLORS.get(v), marker=VIEW_MARKERS.get(v, "o"), linewidth=2) for v in VIEWS]
     handles += [Line2D([], [], color="#555555", linestyle=SPLIT_LINESTYLES[s]) for s in SPLITS]
     handles.append(Line2D([], [], color="#555555", linestyle=":", linewidth=1.2))
-    labels = [*VIEWS, *(f"{s} split" for s in SPLITS), "phase error stops improving (or is best) here"]
+    handles.append(Patch(color="grey", alpha=0.12))
+    labels = [*VIEWS, *(f"{s} split" for s in SPLITS), "phase error stops improving (or is best) here", "TV phase"]
     figure.legend(handles, labels, loc="lower center", ncol=len(handles), frameon=False)
     return png_bytes(figure, crop=False)

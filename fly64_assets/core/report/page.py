@@ -40,7 +40,9 @@ EXPONENT_INTRO = (
 CONVERGENCE_INTRO = (
     "Each reconstruction was scored against the truth every few epochs with the same registration as the "
     "final score (figure convergence.png: quality vs epoch per dose and view, the loss beside it). From "
-    "those curves (mean of the two splits):"
+    "those curves (mean of the two splits), judged on the epochs that ran without regularization: a TV phase "
+    "(grey in the figure) changes the error by smoothing the object, not by converging, so its effect is given "
+    "beside the verdict:"
 )
 PER_JOB_INTRO = (
     "Metrics against the ground truth after registration and the removal of what ptychography cannot "

@@ -90,6 +90,16 @@ def significant_decimals(value: float) -> int:
     return max(0, 2 - math.floor(math.log10(abs(value))))
 
 
+def spread_decimals(spread: float | None, decimals: int) -> int:
+    """The decimals to show a value ± ``spread`` at: ``decimals``, or more where a non-zero spread would round to
+    zero at them (every ± shows at least its first significant digit, and its value the same decimals)."""
+    if spread is None or spread == 0 or not math.isfinite(spread):
+        return decimals
+    while float(f"{spread:.{decimals}f}") == 0:
+        decimals += 1
+    return decimals
+
+
 def md_cell(text) -> str:
     """``text`` as one Markdown table cell: on one line, its pipes escaped; empty for None."""
     return "" if text is None else str(text).replace("\n", " ").replace("|", "\\|")

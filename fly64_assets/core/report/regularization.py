@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections import Counter
 
 from fly64_assets.core.design import ALL_DATASETS, DOSES
-from fly64_assets.core.report.records import SUCCEEDED, dose_label, float_or_none, job_key
+from fly64_assets.core.options import Regularization
+from fly64_assets.core.report.records import SUCCEEDED, dose_label, float_or_none, job_key, spread_decimals
 
 AUTO = "auto"
 """``options.Regularization.auto``'s value: the request to choose the weight per dataset without the truth."""
@@ -40,6 +41,22 @@ FLAT_NOTE = (
     "shows no benefit (or harm) of regularization that the data support."
 )
 """Said under the choice table when some choice there was flat (records older than the verdict carry none)."""
+
+
+def tv_from_epoch(options: dict | None) -> int | None:
+    """The first epoch (counted from 1) whose object got a TV step, from a reconstruction record's ``options``
+    (the weight it ran with: for auto, the chosen one): 1 for a weight in every epoch, ``epochs - tv_last_epochs
+    + 1`` for one in the last epochs only (auto's TV phase: pty-chi's plan starts at the 0-based epoch ``epochs -
+    tv_last_epochs``); None without TV (off, or auto keeping 0) or where the options do not say."""
+    options = options or {}
+    try:
+        weight = Regularization(options.get("regularization")).tv_weight
+    except ValueError:
+        return None
+    if not weight:
+        return None
+    last = options.get("tv_last_epochs")
+    return 1 if last is None else max(1, int(options["epochs"]) - int(last) + 1)
 
 
 def regularization_text(record: dict) -> str | None:
@@ -75,7 +92,8 @@ def _deviance_cell(candidate: dict, choice: dict) -> str:
     if candidate["regularization"] == choice.get("lowest_deviance"):
         text = f"**{text}**"
     elif excess is not None and error is not None and excess <= error:
-        text += f" (+{excess:.4f} ± {error:.4f})"
+        places = spread_decimals(error, 4)
+        text += f" (+{excess:.{places}f} ± {error:.{places}f})"
     return text + (" ✓" if candidate["regularization"] == choice["chosen"] else "")
 
 

@@ -22,6 +22,7 @@ from fly64_assets.core.report.records import (
     MISSING_REASON,
     SUCCEEDED,
     significant_decimals,
+    spread_decimals,
     dose_label,
     float_or_none,
     job_key,
@@ -177,7 +178,8 @@ def format_replicates(
     mean: float | None, spread: float | None, replicates: str = "", decimals: int | None = None, unit: str = ""
 ) -> str:
     """``"0.300 ± 0.005"``; one replicate: ``"0.300 (train only)"``; none: ``"n/a"``. The spread is shown
-    to the mean's decimals (3 significant digits of the mean unless ``decimals`` is given); ``unit`` follows
+    to the mean's decimals (3 significant digits of the mean unless ``decimals`` is given), more for both where
+    the spread would otherwise read zero (``"0.1250 ± 0.0003"``, :func:`spread_decimals`); ``unit`` follows
     the number (``"0.300 ± 0.005 rad"``, ``"0.300 rad (train only)"``)."""
     if mean is None:
         return "n/a"
@@ -186,6 +188,7 @@ def format_replicates(
     if spread is None:
         only = f" ({replicates} only)" if replicates and "+" not in replicates else ""
         return f"{mean:.{places}f}{unit}{only}"
+    places = spread_decimals(spread, places)
     return f"{mean:.{places}f} ± {spread:.{places}f}{unit}"
 
 

@@ -44,8 +44,11 @@ def _phase_panels(records: dict[Dataset, dict], split: str) -> tuple[np.ndarray 
 
 def _convergence_curves(study_paths: StudyPaths) -> dict[tuple[int, str, str], dict]:
     """(dose, view, split) -> the reconstruction record's ``convergence`` curve (quality against the truth every
-    few epochs; empty when it was switched off) with the NPZ's ``loss_per_epoch``, for every reconstructed
-    dataset whose input is still there."""
+    few epochs; empty when it was switched off) with the NPZ's ``loss_per_epoch`` and the first epoch with TV
+    (``tv_from_epoch``, from the record's options; None without TV), for every reconstructed dataset whose input
+    is still there."""
+    from fly64_assets.core.report.regularization import tv_from_epoch  # the report package loads where it is written
+
     curves = {}
     for dataset in ALL_DATASETS:
         if not study_paths.input_path(dataset).exists():
@@ -53,7 +56,7 @@ def _convergence_curves(study_paths: StudyPaths) -> dict[tuple[int, str, str], d
         record = read_record(study_paths.artifact_dir(dataset), RECONSTRUCTION_RECORD)
         if record is None or record.get("status") != RECONSTRUCTED:
             continue
-        curve = dict(record.get("convergence") or {})
+        curve = {**(record.get("convergence") or {}), "tv_from_epoch": tv_from_epoch(record.get("options"))}
         try:
             with np.load(record["reconstruction_path"], allow_pickle=False) as saved:
                 curve["loss_per_epoch"] = saved["loss_per_epoch"].tolist()
