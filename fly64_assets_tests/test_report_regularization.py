@@ -183,7 +183,7 @@ def test_the_pages_show_the_section_after_the_convergence_notes():
 def test_a_choice_made_by_a_real_reconstruction_reaches_the_report(study_paths, instance):
     dataset = Dataset(1000, "baseline", "train")
     folder = study_paths.artifact_dir(dataset)
-    config = {"epochs": 10, "regularization": "auto", "convergence_every": 0}
+    config = {"epochs": 10, "regularization": "auto", "convergence_every": 3}
     assert materialize_to_memory(
         STUDY_ASSETS, partition_key=dataset.partition_key, resources=study_resources(study_paths),
         run_config={"ops": {"ptychi_reconstruction": {"config": config}}}, instance=instance,
@@ -208,6 +208,14 @@ def test_a_choice_made_by_a_real_reconstruction_reaches_the_report(study_paths, 
         assert f"(+{candidate['excess_over_lowest']:.4f} ± {candidate['excess_standard_error']:.4f})" in line
     assert line.count("(+") == len(within)
     assert f"TV weight chosen without the truth: {choice['chosen_tv_weight']:g} at 1e3" in output["headline"]
+    # the convergence verdict rests on the epochs before the chosen weight's TV phase (the last of the 10 epochs)
+    note = output["convergence_notes"][0]
+    assert choice["final_tv_epochs"] == (1 if choice["chosen_tv_weight"] else 0)
+    if choice["chosen_tv_weight"]:
+        assert note.startswith("At 1e3, phase MAE vs epoch: baseline (train only) before TV "), note
+        assert "epoch 9" in note and "— TV in the last epoch: " in note and "at epoch 10);" in note, note
+    else:
+        assert "TV" not in note, note
     report_dir = study_paths.artifact_file("report")
     assert (report_dir / "regularization.md").read_text() == output["regularization"]
     assert REGULARIZATION_TITLE in (report_dir / "study_report.html").read_text()
