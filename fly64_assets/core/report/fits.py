@@ -258,8 +258,8 @@ def _verdict_text(verdict: dict, metric: str) -> str:
 
     kind, run, end, tv = verdict["verdict"], verdict["epochs_run"], verdict["judged_to"], verdict["tv_from_epoch"]
     if kind == "regularized throughout":
-        return (f"ran with TV in every epoch: no unregularized epochs to judge convergence on "
-                f"({value(verdict['after_tv'])} at epoch {run})")
+        now = "" if verdict["after_tv"] is None else f" ({value(verdict['after_tv'])} at epoch {run})"
+        return f"ran with TV in every epoch: no unregularized epochs to judge convergence on{now}"
     if verdict["after_tv"] is None:  # no TV phase: the whole curve was judged
         text = _unregularized_text(verdict, value, "")
     else:
