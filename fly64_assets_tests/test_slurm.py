@@ -1,12 +1,13 @@
 """The study on a real Slurm (the session's one-node ``slurm`` fixture), with the cluster file exactly as
-docs/CLUSTER.md shows it: ``fly64 run`` and ``dagster asset materialize`` reconstruct their partitions in
-workers inside Slurm jobs, each record names its job and node, the jobs' logs land in the run's job folder (not
+docs/CLUSTER.md shows it: ``fly64 run``, ``dagster asset materialize`` and a UI backfill (through ``dagster dev``'s
+daemon) reconstruct their partitions in workers inside Slurm jobs, each record names its job and node, the jobs' logs land in the run's job folder (not
 the folder the command started from), every connection is TLS, and no job is left when the command ends."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -19,10 +20,12 @@ from dagster import AssetKey, DagsterInstance
 from fly64_assets.core.bookkeeping import RECONSTRUCTION_RECORD
 from fly64_assets.defs.compute import CLUSTER_JOBS_FOLDER, DASK_CLUSTER_FILE_ENV
 from fly64_assets.lib.cluster_preflight import SHARED_ARTIFACT_ROOT_ENV, SHARED_INPUT_ROOTS_ENV
-from fly64_assets_tests.support import REPO_ROOT
+from fly64_assets_tests.dagster_dev import DagsterDev, run_ui_backfill, study_environment
+from fly64_assets_tests.support import REPO_ROOT, copy_study
 
 EPOCHS = 5
 COMMAND_TIMEOUT_S = 240
+BACKFILL_TIMEOUT_S = 240
 SQUEUE_EMPTY_WITHIN_S = 15.0
 """``scancel`` returns before the jobs are gone: slurmd ends them (a running worker gets SIGTERM) within seconds."""
 
@@ -33,23 +36,23 @@ def documented_cluster_file() -> str:
     return section.split("```yaml\n", 1)[1].split("```", 1)[0]
 
 
+def _on_slurm(env: dict, slurm, cluster_file: Path) -> dict:
+    """``env`` as on a Slurm login node with the documented cluster file; the roots declared shared (they are on
+    one machine's disk, which every job here sees)."""
+    cluster_file.write_text(documented_cluster_file())
+    return {**env, **slurm.env, DASK_CLUSTER_FILE_ENV: str(cluster_file), SHARED_ARTIFACT_ROOT_ENV: "1",
+            SHARED_INPUT_ROOTS_ENV: "1", "FLY64_EPOCHS": str(EPOCHS), "FLY64_REGULARIZATION": "off"}
+
+
 @pytest.fixture
 def slurm_study(slurm, study_paths, tmp_path) -> tuple[dict, Path]:
-    """The environment of a command started on a Slurm login node with the documented cluster file (the roots
-    declared shared: they are on one machine's disk, which every job here sees), and an empty folder to start
-    it from."""
-    cluster_file = tmp_path / "slurm.yaml"
-    cluster_file.write_text(documented_cluster_file())
+    """A command's environment on a Slurm login node, and an empty folder to start it from."""
     home, start_folder = tmp_path / "dagster_home", tmp_path / "start_here"
     home.mkdir()
     start_folder.mkdir()
-    env = {
-        **os.environ, **slurm.env, DASK_CLUSTER_FILE_ENV: str(cluster_file), SHARED_ARTIFACT_ROOT_ENV: "1",
-        SHARED_INPUT_ROOTS_ENV: "1", "DAGSTER_HOME": str(home), "FLY64_PHASE_C_ROOT": study_paths.phase_c_root,
-        "FLY64_PHASE_D_ROOT": study_paths.phase_d_root, "FLY64_ARTIFACT_ROOT": study_paths.artifact_root,
-        "FLY64_EPOCHS": str(EPOCHS), "FLY64_REGULARIZATION": "off",
-    }
-    return env, start_folder
+    env = {**os.environ, "DAGSTER_HOME": str(home), "FLY64_PHASE_C_ROOT": study_paths.phase_c_root,
+           "FLY64_PHASE_D_ROOT": study_paths.phase_d_root, "FLY64_ARTIFACT_ROOT": study_paths.artifact_root}
+    return _on_slurm(env, slurm, tmp_path / "slurm.yaml"), start_folder
 
 
 def _command(name: str, *args: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
@@ -64,7 +67,7 @@ def _records(artifact_root: Path) -> dict[str, dict]:
             for path in artifact_root.rglob(RECONSTRUCTION_RECORD)}
 
 
-def _assert_ran_in_the_runs_slurm_jobs(slurm, artifact_root: Path, records: dict[str, dict], start_folder: Path) -> dict:
+def _assert_ran_in_the_runs_slurm_jobs(slurm, artifact_root: Path, records: dict[str, dict], start_folder: Path | None) -> dict:
     """Each record names one of the run's Slurm jobs and the node; those jobs' logs are in the run's job folder
     (the documented place), say the workers spoke TLS, and no credentials are left; none went to the folder the
     command started from; no job is left in ``squeue``. Returns the jobs' ids by record."""
@@ -81,7 +84,7 @@ def _assert_ran_in_the_runs_slurm_jobs(slurm, artifact_root: Path, records: dict
         job = record["worker"]["batch_job"]
         assert job["system"] == "slurm" and job["node"] == slurm.node and job["id"] in job_ids, (folder, record["worker"])
         ran_in[folder] = job["id"]
-    assert list(start_folder.iterdir()) == []  # no slurm-N.out, no credentials where the command was started
+    assert start_folder is None or list(start_folder.iterdir()) == []  # no slurm-N.out where the command started
     deadline = time.monotonic() + SQUEUE_EMPTY_WITHIN_S
     while slurm.jobs() and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -114,7 +117,38 @@ def test_dagster_asset_materialize_reconstructs_its_partition_in_a_slurm_job(slu
     records = _records(artifact_root)
     assert list(records) == ["dose_1000/dense/train"]
     (job_id,) = _assert_ran_in_the_runs_slurm_jobs(slurm, artifact_root, records, start_folder).values()
-    with DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
-        (event,) = instance.fetch_materializations(AssetKey("ptychi_reconstruction"), limit=10).records
-    worker = event.asset_materialization.metadata["worker"].value
-    assert worker.endswith(f", slurm job {job_id} on {slurm.node}"), worker
+    _assert_materialized_in(env["DAGSTER_HOME"], {"1000|dense_train": job_id}, slurm.node)
+
+
+def _assert_materialized_in(dagster_home: str, jobs: dict[str, str], node: str) -> None:
+    """Each partition's newest materialization names its Slurm job and node."""
+    with DagsterInstance.from_config(dagster_home) as instance:
+        records = instance.fetch_materializations(AssetKey("ptychi_reconstruction"), limit=100).records
+    workers = {r.partition_key: r.asset_materialization.metadata["worker"].value for r in reversed(records)}
+    assert sorted(workers) == sorted(jobs)
+    for key, job_id in jobs.items():
+        assert workers[key].endswith(f", slurm job {job_id} on {node}"), workers
+
+
+@pytest.mark.timeout(420)
+def test_a_ui_backfill_reconstructs_its_partitions_in_slurm_jobs(slurm, synthetic_study, tmp_path):
+    """``dagster dev`` started on the login node with the cluster file; the UI's backfill of two partitions runs
+    (one run: the dose's single-run policy) through the daemon and sends them to the run's Slurm jobs."""
+    copy_study(synthetic_study, tmp_path / "inputs")
+    (tmp_path / "dagster_home").mkdir()
+    shutil.copy(REPO_ROOT / "dagster.yaml", tmp_path / "dagster_home")  # the shipped instance settings
+    env = _on_slurm(study_environment(tmp_path, str(EPOCHS)), slurm, tmp_path / "slurm.yaml")
+    server = DagsterDev(REPO_ROOT, env, log_path=tmp_path / "dagster_dev.log")
+    keys = ["1000|dense_train", "1000|dense_test"]
+    try:
+        server.start()
+        _, backfill, seconds = run_ui_backfill(server, keys, BACKFILL_TIMEOUT_S, assets=["ptychi_reconstruction"])
+    finally:
+        server.stop()
+    print(f"UI backfill of {len(keys)} partitions on Slurm: {backfill['status']} in {seconds:.0f} s")
+    assert backfill["status"] == "COMPLETED_SUCCESS", backfill
+    artifact_root = tmp_path / "artifacts"
+    records = _records(artifact_root)
+    assert sorted(records) == ["dose_1000/dense/test", "dose_1000/dense/train"]
+    ran_in = _assert_ran_in_the_runs_slurm_jobs(slurm, artifact_root, records, None)
+    _assert_materialized_in(env["DAGSTER_HOME"], {key: ran_in[f"dose_1000/dense/{key.split('_')[1]}"] for key in keys}, slurm.node)
