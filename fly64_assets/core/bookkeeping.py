@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fly64_assets.core.contract import ContractError, read_metadata
 from fly64_assets.core.design import ALL_DATASETS, MIN_ACCEPTANCE, PHASE_D_VIEWS, SPLITS, VIEWS, Dataset, spacing_threshold
+from fly64_assets.core.provenance import provenance
 
 SELECTION_FACTS = ("selection_strategy", "acceptance_rate", "spacing_threshold", "n_accepted", "n_rejected")
 """Phase D ``_metadata`` keys that every execution result carries (None for the baseline view)."""
@@ -97,6 +98,7 @@ def _execution_result(dataset: Dataset, outcome: dict | None, input_path: Path, 
         "input_path": str(input_path),
         **selection_facts(input_path),
         **{key: outcome.get(key) for key in ("reconstruction_path", "wall_time_s", "device", "n_patterns", "final_loss", "error")},
+        "provenance": outcome.get("provenance"),
     }
 
 
@@ -106,13 +108,16 @@ def build_manifest(
     input_path_of,
     artifact_root: Path,
     dry_run: bool = False,
+    run_id: str | None = None,
 ) -> dict:
-    """``reconstruction_manifest.json``: the planned jobs, what each execution did, and what was missing.
+    """``reconstruction_manifest.json``: the planned jobs, what each execution did (with what made it), and what
+    was missing; ``provenance`` says what wrote the manifest itself (in the Dagster run ``run_id``).
 
     ``outcomes`` maps a dataset to its recorded result (``status`` plus facts such as ``wall_time_s``).
     """
     return {
         "timestamp": _timestamp(),
+        "provenance": provenance(run_id=run_id),
         "dry_run": dry_run,
         "filters": plan.filters,
         "jobs": [dataset.as_record() for dataset in plan.selected],

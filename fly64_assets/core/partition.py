@@ -49,6 +49,7 @@ from fly64_assets.core.design import Dataset
 from fly64_assets.core.geometry import Geometry, GeometryError, resolve_geometry
 from fly64_assets.core.lsqml import DeviceUnavailableError, GpuOutOfMemoryError, ReconstructionResult
 from fly64_assets.core.options import Regularization, ReconstructionOptions
+from fly64_assets.core.provenance import provenance
 from fly64_assets.core.ptychodus_product import write_products
 from fly64_assets.core.regularization import CandidateMap, choose_and_reconstruct, in_turn
 
@@ -278,11 +279,13 @@ def reconstruct_partition(
     load: LoadValid | None = None,
     on_choice_epoch: EpochReport | None = None,
     map_candidates: CandidateMap = in_turn,
+    run_id: str | None = None,
 ) -> Skipped | Reconstructed:
     """Reconstruct one dataset with ``options`` (the TV weight chosen here when they say ``auto``), write the
     NPZ, preview, ptychodus products, the whole log and the record into its artifact folder; ``on_epoch`` gets
     the final reconstruction's every epoch and loss, ``on_choice_epoch`` the choice's epochs (``auto``), whose
-    candidates run where ``map_candidates`` puts them."""
+    candidates run where ``map_candidates`` puts them. The record says what made it (``provenance``, with the
+    Dagster ``run_id``) and holds what repeats it (the roots, the requested options, the CPU threads)."""
     from fly64_assets.core import figures  # matplotlib: only where a partition draws
 
     load = load or partition_loader()
@@ -329,6 +332,7 @@ def reconstruct_partition(
         "input_path": str(input_path),
         "input_sha256": file_sha256(input_path),
         "reconstruction_path": str(npz_path),
+        "reconstruction_sha256": file_sha256(npz_path),
         "preview_path": str(preview_path),
         "ptychodus_npz_path": str(products["npz"]),
         "ptychodus_h5_path": str(products["h5"]),
@@ -344,17 +348,23 @@ def reconstruct_partition(
         "final_loss": float(result.loss_per_epoch[-1]),
         "object_origin_yx": list(result.object_origin_yx),
         "options": result.options.as_dict(),
+        "requested_options": options.as_dict(),
         "requested_regularization": options.regularization.value,
+        "cpu_threads": cpu_threads,
+        "roots": {"phase_c": str(folders.phase_c_root), "phase_d": str(folders.phase_d_root)},
         "regularization": choice.as_dict() if choice else None,
         "batch_size_used": result.batch_sizes_tried[-1],
         "convergence": convergence.curve if convergence else None,
         **{name: metadata.get(name) for name in SELECTION_FACTS},
+        "provenance": provenance(result.device, run_id),
     }
     write_json(out_dir / RECONSTRUCTION_RECORD, record)
     return Reconstructed(record, preview, figures.curves_preview(result.loss_per_epoch, record["convergence"]))
 
 
-def score_partition(dataset: Dataset, folders: StudyFolders, load: LoadValid | None = None) -> Skipped | Scored:
+def score_partition(
+    dataset: Dataset, folders: StudyFolders, load: LoadValid | None = None, run_id: str | None = None
+) -> Skipped | Scored:
     """Score one partition's saved reconstruction against the truth and write its quality record (which also says
     how the reconstruction was regularized, so the report can show it beside the scores)."""
     from fly64_assets.core.quality import score  # scipy, scikit-image: only where a partition is scored
@@ -383,12 +393,14 @@ def score_partition(dataset: Dataset, folders: StudyFolders, load: LoadValid | N
         "status": RECONSTRUCTED,
         "n_patterns": reconstruction["n_patterns"],
         "aligned_path": str(aligned_path),
+        "aligned_sha256": file_sha256(aligned_path),
         "scoring_area": area,
         "scan_area_lit": lit_fraction(arrays["probeGuess"], arrays["ycoords"], arrays["xcoords"], box),
         **metrics.as_dict(),
         "requested_regularization": reconstruction.get("requested_regularization"),
         "tv_weight": Regularization(used).tv_weight if used else None,
         "regularization_choice": reconstruction.get("regularization"),
+        "provenance": provenance("cpu", run_id),
     }
     write_json(out_dir / QUALITY_RECORD, record)
     return Scored(record, {name: value for name, value in metrics.as_dict().items() if name != "shift_yx"})

@@ -53,6 +53,8 @@ class PartitionRequest:
     convergence_every: int
     cpu_threads: int | None
     """Torch threads for a CPU reconstruction (None: torch's default)."""
+    run_id: str | None = None
+    """The Dagster run that asked for the partition (recorded in its provenance)."""
 
     @property
     def key(self) -> str:
@@ -145,7 +147,7 @@ def run_partition(
             done = reconstruct_partition(
                 request.dataset, request.folders, request.options, convergence_every=request.convergence_every,
                 cpu_threads=request.cpu_threads, on_epoch=report_epoch, step_log=_Notes(outcome.notes), load=load,
-                on_choice_epoch=stop_at_epoch, map_candidates=map_candidates,
+                on_choice_epoch=stop_at_epoch, map_candidates=map_candidates, run_id=request.run_id,
             )
             if isinstance(done, Skipped):
                 outcome.skipped = done
@@ -153,7 +155,7 @@ def run_partition(
                 outcome.reconstructed = done
                 outcome.placement["device"] = done.record["device"]
         if request.score and outcome.skipped is None:
-            scored = score_partition(request.dataset, request.folders, load)
+            scored = score_partition(request.dataset, request.folders, load, request.run_id)
             outcome.skipped = scored if isinstance(scored, Skipped) else None
             outcome.scored = scored if isinstance(scored, Scored) else None
     except Cancelled:

@@ -18,6 +18,7 @@ from markupsafe import Markup
 
 from fly64_assets.core.figures import markdown_image
 from fly64_assets.core.report.fits import exponents_markdown
+from fly64_assets.core.report.footer import PROVENANCE_TITLE
 from fly64_assets.core.report.regularization import REGULARIZATION_INTRO, REGULARIZATION_TITLE
 
 SUMMARY_TITLE = "Quality per dose and view (two replicates)"
@@ -68,11 +69,12 @@ def report_markdown(
     summary_table: str | None = None,
     convergence: list[str] | None = None,
     regularization: str | None = None,
+    provenance: str | None = None,
 ) -> str:
     """Markdown for the Dagster UI (and the page): the headline, notes, the per-(dose, view) summary of the
     replicates (when given), the FRC resolution dose exponents (resolution ≈ prefactor · dose^exponent), what the
     convergence curves show (when given), the regularization choices (when given), every image inline, and the
-    per-job quality table."""
+    per-job quality table, then what made the numbers (when given)."""
     parts = [f"**{headline}**", "", *[f"- {note}" for note in notes], ""]
     if summary_table:
         parts += [f"### {SUMMARY_TITLE}", "", SUMMARY_INTRO, "", summary_table]
@@ -84,6 +86,8 @@ def report_markdown(
     for name, png in images.items():
         parts += [f"### {name}", "", markdown_image(png, name), ""]
     parts += [f"### {PER_JOB_TITLE}", "", PER_JOB_INTRO, "", markdown_table]
+    if provenance:
+        parts += ["", f"### {PROVENANCE_TITLE}", "", provenance]
     return "\n".join(parts)
 
 

@@ -48,14 +48,21 @@ from fly64_assets.core.bookkeeping import RECONSTRUCTED, SELECTION_FACTS, SKIPPE
 from fly64_assets.core.design import PHASE_D_VIEW_SPLITS, SPLITS, Dataset
 from fly64_assets.core.options import Regularization
 from fly64_assets.core.partition import Reconstructed
+from fly64_assets.core.provenance import describe
 from fly64_assets.core.partition_task import PartitionOutcome, PartitionRequest, peak_concurrency
 from fly64_assets.defs.automation import react_to_inputs
 from fly64_assets.defs.compute import StudyCompute
-from fly64_assets.defs.inputs.assets import phase_c_patched, phase_d_overlap
+from fly64_assets.defs.inputs.assets import ABSENT, phase_c_patched, phase_d_overlap
 from fly64_assets.defs.inputs.checks import missing_check_metadata, violations_check_metadata
 from fly64_assets.defs.inputs.partitions import DOSE_DIMENSION, SPLIT_DIMENSION, VIEW_SPLIT_DIMENSION
 from fly64_assets.defs.reconstruction.config import ReconstructionConfig
 from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS
+from fly64_assets.defs.reconstruction.versions import (
+    QUALITY_CODE_VERSION,
+    RECONSTRUCTION_CODE_VERSION,
+    input_partition,
+    version_tags,
+)
 from fly64_assets.defs.resources import StudyPaths
 from fly64_assets.lib.progress import current_progress
 
@@ -164,36 +171,56 @@ def _reconstructed_metadata(key: str, done: Reconstructed) -> dict:
         "geometry": MetadataValue.json(record["geometry"]),
         "log_path": MetadataValue.path(record["log_path"]),
         **{name: record[name] for name in SELECTION_FACTS if record.get(name) is not None},
+        **provenance_metadata(record["provenance"]),
     }
 
 
-def _reconstruction_events(key: str, outcome: PartitionOutcome, log) -> Iterator:
-    """A partition's reconstruction outcome as its materialization and its ``input_data001`` check result."""
+def provenance_metadata(provenance: dict) -> dict:
+    """What made a result, for the UI: one line of versions and the device, and the whole record."""
+    return {
+        "made by": describe(provenance),
+        "device model": provenance["device_model"] or "",
+        "provenance": MetadataValue.json(provenance),
+    }
+
+
+def _reconstruction_events(key: str, outcome: PartitionOutcome, log, instance) -> Iterator:
+    """A partition's reconstruction outcome as its materialization (with its versions: ``versions.py``) and its
+    ``input_data001`` check result."""
+    source, source_partition = input_partition(Dataset.from_partition_key(key))
+
+    def tags(data_version: str, input_data_version: str) -> dict[str, str]:
+        return version_tags(instance, RECONSTRUCTION_CODE_VERSION, data_version, source, source_partition, input_data_version)
+
     if outcome.rejection is not None:
         rejection = outcome.rejection
         yield _check(key, False, AssetCheckSeverity.ERROR, rejection.message,
                      violations_check_metadata(rejection.input_path, rejection.violations))
     elif outcome.skipped is not None:
         log.warning(f"{key} skipped: {outcome.skipped.reason}")
-        yield AssetMaterialization(RECONSTRUCTION, partition=key, metadata={"status": SKIPPED, "reason": outcome.skipped.reason})
+        yield AssetMaterialization(RECONSTRUCTION, partition=key, metadata={"status": SKIPPED, "reason": outcome.skipped.reason},
+                                   tags=tags(SKIPPED, ABSENT.value))
         yield _check(key, False, AssetCheckSeverity.WARN, outcome.skipped.reason, missing_check_metadata())
     elif outcome.reconstructed is not None:
         done = outcome.reconstructed
-        yield AssetMaterialization(RECONSTRUCTION, partition=key, metadata=_reconstructed_metadata(key, done))
+        yield AssetMaterialization(RECONSTRUCTION, partition=key, metadata=_reconstructed_metadata(key, done),
+                                   tags=tags(done.record["reconstruction_sha256"], done.record["input_sha256"]))
         input_path = done.record["input_path"]
         yield _check(key, True, AssetCheckSeverity.ERROR, f"DATA-001 satisfied: {input_path}", violations_check_metadata(input_path, []))
 
 
-def _score_events(key: str, outcome: PartitionOutcome) -> Iterator:
-    """A partition's score against the truth as its materialization."""
+def _score_events(key: str, outcome: PartitionOutcome, instance) -> Iterator:
+    """A partition's score against the truth as its materialization (read from the newest reconstruction of it)."""
     if outcome.skipped is not None and outcome.reconstructed is None:
-        yield AssetMaterialization(QUALITY, partition=key, metadata={"status": SKIPPED, "reason": outcome.skipped.reason})
+        yield AssetMaterialization(QUALITY, partition=key, metadata={"status": SKIPPED, "reason": outcome.skipped.reason},
+                                   tags=version_tags(instance, QUALITY_CODE_VERSION, SKIPPED, RECONSTRUCTION, key))
     elif outcome.scored is not None:
         done = outcome.scored
         metrics = {name: _significant(value) for name, value in done.metrics.items()}
         yield AssetMaterialization(QUALITY, partition=key, metadata={
             **metrics, "scoring_area": done.record["scoring_area"], "scan_area_lit": round(done.record["scan_area_lit"], 3),
-        })
+            **provenance_metadata(done.record["provenance"]),
+        }, tags=version_tags(instance, QUALITY_CODE_VERSION, done.record["aligned_sha256"], RECONSTRUCTION, key))
 
 
 def _logged(outcome: PartitionOutcome, log) -> None:
@@ -217,12 +244,13 @@ def _outcome(outcome: PartitionOutcome, selected) -> str:
     name="ptychi_reconstruction",
     specs=[
         AssetSpec(
-            RECONSTRUCTION, deps=_input_deps(), group_name="reconstruction", skippable=True, code_version="3",
+            RECONSTRUCTION, deps=_input_deps(), group_name="reconstruction", skippable=True,
+            code_version=RECONSTRUCTION_CODE_VERSION,
             automation_condition=react_to_inputs(),
             description="pty-chi LSQML reconstruction of one (dose, view, split) dataset.",
         ),
         AssetSpec(
-            QUALITY, deps=[RECONSTRUCTION], group_name="report", skippable=True, code_version="3",
+            QUALITY, deps=[RECONSTRUCTION], group_name="report", skippable=True, code_version=QUALITY_CODE_VERSION,
             automation_condition=react_to_inputs(),
             description="The reconstruction against the ground truth (objectGuess): registered, phase-aligned, "
             "then amplitude/phase MAE, PSNR, SSIM and the FRC resolution (1/7 threshold).",
@@ -270,7 +298,9 @@ def ptychi_reconstruction(
         requests = [
             PartitionRequest(
                 Dataset.from_partition_key(key), study_paths.folders(), options, reconstruct=RECONSTRUCTION in selected,
-                score=QUALITY in selected, convergence_every=config.convergence_every, cpu_threads=dispatch.cpu_threads,
+                score=QUALITY in selected, convergence_every=config.convergence_every,
+                cpu_threads=dispatch.cpu_threads if config.cpu_threads is None else config.cpu_threads,
+                run_id=context.run.run_id,
             )
             for key in context.partition_keys
         ]
@@ -278,9 +308,9 @@ def ptychi_reconstruction(
             key = outcome.key
             _logged(outcome, context.log)
             if RECONSTRUCTION in selected:
-                yield from _reconstruction_events(key, outcome, context.log)
+                yield from _reconstruction_events(key, outcome, context.log, context.instance)
             if QUALITY in selected:
-                yield from _score_events(key, outcome)
+                yield from _score_events(key, outcome, context.instance)
             if outcome.failed:
                 failures[key] = outcome.failure
             placements.append(outcome.placement)

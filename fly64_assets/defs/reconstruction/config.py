@@ -55,5 +55,12 @@ class ReconstructionConfig(_ReconstructionConfigBase):
         "is alone on its machine, as the fly64 command's single run is).",
     )
 
+    cpu_threads: int | None = Field(
+        default=None, ge=1,
+        description="Torch threads for a CPU reconstruction, overriding share_cores and a local cluster's share: "
+        "the threads a record says its reconstruction used, so that a repeat adds its floating-point sums in the "
+        "same order (fly64 repeat sets it).",
+    )
+
     def options(self) -> ReconstructionOptions:
-        return ReconstructionOptions(**self.model_dump(exclude={"log_every", "convergence_every", "share_cores"}))
+        return ReconstructionOptions(**self.model_dump(exclude={"log_every", "convergence_every", "share_cores", "cpu_threads"}))

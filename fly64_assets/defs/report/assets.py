@@ -2,7 +2,7 @@
 partition, beside each reconstruction: ``defs/reconstruction/assets.py``)."""
 
 import numpy as np
-from dagster import MetadataValue, Output, asset
+from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
 from fly64_assets.core.artifacts import write_bytes, write_text
 from fly64_assets.core.bookkeeping import (
@@ -15,6 +15,7 @@ from fly64_assets.core.bookkeeping import (
 )
 from fly64_assets.core.design import ALL_DATASETS, DOSES, VIEWS, Dataset
 from fly64_assets.core.imports import import_for_good
+from fly64_assets.core.provenance import provenance
 from fly64_assets.defs.automation import react_to_inputs
 from fly64_assets.core.partition import PHASE_C_SCAN_AREA
 from fly64_assets.defs.reconstruction.assets import QUALITY
@@ -76,12 +77,13 @@ def _convergence_curves(study_paths: StudyPaths) -> dict[tuple[int, str, str], d
     "the truth vs epoch beside the loss (convergence), and the regularization each reconstruction ran with, with "
     "the held-out scores behind every weight chosen without the truth.",
 )
-def study_report(study_paths: StudyPaths) -> Output[dict]:
+def study_report(context: AssetExecutionContext, study_paths: StudyPaths) -> Output[dict]:
     # matplotlib, markdown-it and Jinja2: imported only where a step writes the report, and frozen
     import_for_good("fly64_assets.core.report.figures", "fly64_assets.core.report.page")
     from fly64_assets.core.report import figures, fits, tables
     from fly64_assets.core.report.headline import headline as study_headline
     from fly64_assets.core.report.page import html_page, report_markdown
+    from fly64_assets.core.report.footer import provenance_markdown
     from fly64_assets.core.report.regularization import regularization_markdown
 
     records = {}
@@ -123,8 +125,12 @@ def study_report(study_paths: StudyPaths) -> Output[dict]:
         for dataset, record in records.items()
         if record.get("scoring_area", PHASE_C_SCAN_AREA) != PHASE_C_SCAN_AREA
     ]
+    reconstructions = [record for dataset in records
+                       if (record := read_record(study_paths.artifact_dir(dataset), RECONSTRUCTION_RECORD)) is not None]
+    made_by = provenance_markdown(reconstructions, [r for r in records.values() if r["status"] != SKIPPED],
+                                  provenance(run_id=context.run.run_id))
     text = report_markdown(headline, table, images, exponents, notes, summary_table=summary_table,
-                           convergence=convergence_notes, regularization=regularization)
+                           convergence=convergence_notes, regularization=regularization, provenance=made_by)
     html_path = out_dir / "study_report.html"
     write_text(html_path, html_page(REPORT_TITLE, text))
     return Output(

@@ -16,6 +16,7 @@ from dagster import (
 from fly64_assets.core.artifacts import write_json
 from fly64_assets.core.bookkeeping import RECONSTRUCTION_RECORD, FAILED, build_manifest, build_skip_summary, plan_study, read_record
 from fly64_assets.core.design import Dataset, select_datasets
+from fly64_assets.core.provenance import describe
 from fly64_assets.defs.automation import react_to_inputs
 from fly64_assets.defs.reconstruction.assets import RECONSTRUCTION
 from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS
@@ -70,7 +71,7 @@ def reconstruction_manifest(
             outcomes[dataset] = record
     for dataset in latest_failures(context, plan.runnable):
         outcomes[dataset] = {"status": FAILED, "error": "the latest run of this partition failed: see its log_path"}
-    manifest = build_manifest(plan, outcomes, study_paths.input_path, study_paths.artifact_root)
+    manifest = build_manifest(plan, outcomes, study_paths.input_path, study_paths.artifact_root, run_id=context.run.run_id)
     results = manifest["execution_results"]
     return written(
         study_paths.artifact_file(MANIFEST_FILE),
@@ -80,6 +81,7 @@ def reconstruction_manifest(
         succeeded=sum(1 for r in results if r["status"] == "succeeded"),
         failed_or_not_run=sum(1 for r in results if r["status"] != "succeeded"),
         missing=len(manifest["missing_jobs"]),
+        **{"made by": describe(manifest["provenance"])},
         execution_results=records_table(
             results,
             ["dose", "view", "split", "status", "n_patterns", "wall_time_s", "device", "final_loss", "acceptance_rate", "n_accepted"],
