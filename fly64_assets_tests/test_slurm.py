@@ -152,3 +152,38 @@ def test_a_ui_backfill_reconstructs_its_partitions_in_slurm_jobs(slurm, syntheti
     assert sorted(records) == ["dose_1000/dense/test", "dose_1000/dense/train"]
     ran_in = _assert_ran_in_the_runs_slurm_jobs(slurm, artifact_root, records, None)
     _assert_materialized_in(env["DAGSTER_HOME"], {key: ran_in[f"dose_1000/dense/{key.split('_')[1]}"] for key in keys}, slurm.node)
+
+
+@pytest.mark.timeout(300)
+def test_a_killed_fly64_run_leaves_no_slurm_job_behind(slurm, slurm_study, study_paths):
+    """SIGKILL the command while its workers reconstruct: its scheduler dies with it, no ``scancel`` is sent, and
+    the workers, having lost their scheduler, end their jobs themselves; the credentials left behind are the
+    owner's alone."""
+    env, start_folder = slurm_study
+    command = [str(Path(sys.executable).parent / "fly64"), "run", "--dose", "1000", "--view", "dense", "--epochs", "100000",
+               "--regularization", "off"]
+    with open(start_folder.parent / "fly64_run.log", "wb") as log:
+        process = subprocess.Popen(command, env=env, cwd=start_folder, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + COMMAND_TIMEOUT_S
+        while not _worker_logs_say(Path(study_paths.artifact_root), "Starting established connection"):
+            assert process.poll() is None and time.monotonic() < deadline, (start_folder.parent / "fly64_run.log").read_text()[-3000:]
+            time.sleep(1)
+        assert slurm.jobs()
+        time.sleep(5)  # into the reconstructions
+    finally:
+        process.kill()
+        process.wait()
+    killed = time.monotonic()
+    while slurm.jobs() and time.monotonic() - killed < 120:
+        time.sleep(1)
+    print(f"the killed run's Slurm jobs ended {time.monotonic() - killed:.0f} s after the kill")
+    assert slurm.jobs() == [], slurm.command("squeue")
+    # Nobody deleted the workers' credentials, but only their owner can read them.
+    (private,) = Path(study_paths.artifact_root).glob(f"{CLUSTER_JOBS_FOLDER}/*/.tls-*")
+    modes = {str(path.relative_to(private)): path.stat().st_mode & 0o777 for path in [private, *private.rglob("*")]}
+    assert modes == {".": 0o700, "worker": 0o700, "worker/ca.pem": 0o600, "worker/cert.pem": 0o600, "worker/key.pem": 0o600}, modes
+
+
+def _worker_logs_say(artifact_root: Path, text: str) -> bool:
+    return any(text in log.read_text(errors="replace") for log in artifact_root.glob(f"{CLUSTER_JOBS_FOLDER}/*/*.err"))
