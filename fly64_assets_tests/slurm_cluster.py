@@ -29,6 +29,7 @@ DAEMONS = ("slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "scancel", "sinfo")
 PARTITION = "debug"
 START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
 
 CONFIG = """\
 ClusterName=fly64test
@@ -78,7 +79,8 @@ class Slurm:
 
     def command(self, *args: str) -> str:
         """A client command's standard output (``squeue``, ``sinfo``, ...) against this Slurm."""
-        done = subprocess.run(list(args), env={**os.environ, **self.env}, capture_output=True, text=True, timeout=30)
+        done = subprocess.run(list(args), env={**os.environ, **self.env}, capture_output=True, text=True, timeout=30,
+                              check=False)
         if done.returncode:
             raise RuntimeError(f"{' '.join(args)}: {done.stderr.strip()}")
         return done.stdout
@@ -117,6 +119,14 @@ def _wait_until_idle(slurm: Slurm, daemons: dict[str, subprocess.Popen], folder:
     raise RuntimeError(f"the Slurm node {slurm.node} is not idle after {START_TIMEOUT_S:.0f} s (state: {state})")
 
 
+def _cancel_every_job(slurm: Slurm) -> None:
+    """A job's processes outlive slurmd (as on a real cluster): cancel what a failed test left, wait until gone."""
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while (jobs := slurm.jobs()) and time.monotonic() < deadline:
+        slurm.command("scancel", *jobs)
+        time.sleep(1)
+
+
 def _stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.terminate()
@@ -129,8 +139,8 @@ def _stop(process: subprocess.Popen) -> None:
 
 @contextmanager
 def throwaway_slurm() -> Iterator[Slurm]:
-    """Start slurmctld and slurmd on this machine, wait until the node is idle, yield; stop both by PID and delete
-    their folder. Jobs still running at the end end with slurmd."""
+    """Start slurmctld and slurmd on this machine, wait until the node is idle, yield; cancel the jobs left, stop
+    both daemons by PID and delete their folder."""
     folder = Path(tempfile.mkdtemp(prefix="fly64-slurm-"))
     host = socket.gethostname().split(".")[0]
     slurm = Slurm(folder / "slurm.conf", host, PARTITION)
@@ -138,7 +148,8 @@ def throwaway_slurm() -> Iterator[Slurm]:
         (folder / sub).mkdir()
     (folder / "plugstack.conf").write_text("")  # not the system's plugins (/etc/slurm/plugstack.conf.d)
     slurm.conf.write_text(CONFIG.format(
-        host=host, ctld_port=free_port(), slurmd_port=free_port(), folder=folder, cpus=os.cpu_count() or 1, memory_mb=_memory_mb(), partition=PARTITION,
+        host=host, ctld_port=free_port(), slurmd_port=free_port(), folder=folder, cpus=os.cpu_count() or 1,
+        memory_mb=_memory_mb(), partition=PARTITION,
     ))
     environment = {**os.environ, **slurm.env}
     daemons: dict[str, subprocess.Popen] = {}
@@ -150,6 +161,7 @@ def throwaway_slurm() -> Iterator[Slurm]:
                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_until_idle(slurm, daemons, folder)
         yield slurm
+        _cancel_every_job(slurm)
     finally:
         for name in reversed(list(daemons)):
             _stop(daemons[name])
