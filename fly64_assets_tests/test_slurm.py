@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ import yaml
 from dagster import AssetKey, DagsterInstance
 
 from fly64_assets.core.bookkeeping import RECONSTRUCTION_RECORD
+from fly64_assets.core.partition import worker_identity
 from fly64_assets.defs.compute import CLUSTER_JOBS_FOLDER, DASK_CLUSTER_FILE_ENV
 from fly64_assets.lib.cluster_preflight import SHARED_ARTIFACT_ROOT_ENV, SHARED_INPUT_ROOTS_ENV
 from fly64_assets_tests.dagster_dev import DagsterDev, run_ui_backfill, study_environment
@@ -187,3 +189,11 @@ def test_a_killed_fly64_run_leaves_no_slurm_job_behind(slurm, slurm_study, study
 
 def _worker_logs_say(artifact_root: Path, text: str) -> bool:
     return any(text in log.read_text(errors="replace") for log in artifact_root.glob(f"{CLUSTER_JOBS_FOLDER}/*/*.err"))
+
+
+def test_a_record_names_a_pbs_job_too_and_no_job_outside_a_batch_system(monkeypatch):
+    for name in ("SLURM_JOB_ID", "SLURMD_NODENAME", "PBS_JOBID"):
+        monkeypatch.delenv(name, raising=False)
+    assert worker_identity() == {"host": socket.gethostname(), "pid": os.getpid(), "batch_job": None}
+    monkeypatch.setenv("PBS_JOBID", "4242.pbs01")  # PBS names no node: the host is the node
+    assert worker_identity()["batch_job"] == {"system": "pbs", "id": "4242.pbs01", "node": socket.gethostname()}
