@@ -257,12 +257,18 @@ def cmd_ui(args) -> int:
     """``make ui``: one warm dask cluster on this machine and ``dagster dev`` beside it, every run sending its
     partitions to that cluster (so a backfill's runs, automation runs and a clicked partition share the same
     workers and never oversubscribe the GPU). Ctrl-C stops both. With FLY64_DASK_SCHEDULER set, that running
-    scheduler is used instead and no cluster is started."""
+    scheduler is used instead and no cluster is started.
+
+    The cluster speaks TLS only (a scheduler runs any client's code): the runs, processes of ``dagster dev``, get
+    its client credentials as files in a private temporary folder (FLY64_DASK_SECURITY), removed when this stops."""
     import signal
     import subprocess
 
-    from fly64_assets.defs.compute import DASK_SCHEDULER_ENV, gpu_count, ui_cluster_workers
+    from fly64_assets.defs.compute import (
+        DASK_SCHEDULER_ENV, DASK_SECURITY_ENV, StudyCompute, gpu_count, ui_cluster_workers,
+    )
     from fly64_assets.lib.dask_compute import local_cluster
+    from fly64_assets.lib.dask_security import private_credentials, temporary_security
 
     ensure_dagster_home()
     command = [str(Path(sys.executable).parent / "dagster"), "dev", "-m", "fly64_assets.definitions",
@@ -285,16 +291,22 @@ def cmd_ui(args) -> int:
 
     existing = os.environ.get(DASK_SCHEDULER_ENV, "").strip()
     if existing:
+        problems = StudyCompute.from_env().scheduler_errors()
+        if problems:
+            raise UsageError("\n".join(problems))
         print(f"fly64 ui: every run sends its partitions to the running dask scheduler at {existing}")
         return serve(dict(os.environ))
     gpus = gpu_count()
     workers = args.workers if args.workers is not None else ui_cluster_workers(gpus)
     if workers < 1:
         raise UsageError(f"--workers must be 1 or more, not {workers}")
-    with local_cluster(workers, gpus) as cluster:
+    security = temporary_security()
+    with private_credentials(security) as credentials, local_cluster(workers, gpus, security) as cluster:
         print(f"fly64 ui: a dask cluster of {workers} warm worker(s)" + (f" on {gpus} GPU(s)" if gpus else "")
-              + f", scheduler {cluster.scheduler_address}, dashboard {cluster.dashboard_link}", flush=True)
-        return serve({**os.environ, DASK_SCHEDULER_ENV: cluster.scheduler_address})
+              + f", scheduler {cluster.scheduler_address}, dashboard {cluster.dashboard_link}, client TLS credentials "
+              f"{credentials}", flush=True)
+        return serve({**os.environ, DASK_SCHEDULER_ENV: cluster.scheduler_address,
+                      DASK_SECURITY_ENV: str(credentials)})
 
 
 def cmd_report(args) -> int:

@@ -183,6 +183,11 @@ class StudyUI(DagsterDev):
         first = self.log_path.read_text().splitlines()[0]
         return first.split("scheduler ", 1)[1].split(",", 1)[0]
 
+    def credentials(self) -> Path:
+        """The folder of the cluster's client TLS credentials, as ``fly64 ui`` prints it on its first line."""
+        first = self.log_path.read_text().splitlines()[0]
+        return Path(first.split("client TLS credentials ", 1)[1].strip())
+
 
 class SeparateServices(DagsterDev):
     """The production layout: ``dagster-webserver`` and ``dagster-daemon run`` as processes of their own. The daemon

@@ -73,6 +73,19 @@ def call_as_plain_user(function, *args):
     return results.get()
 
 
+def try_to_run_a_task(address: str, security, marker: str) -> str:
+    """What a stranger gets who connects to the scheduler at ``address`` with ``security`` (None: plain) and sends a
+    task that creates ``marker``: "ran", or what refused it."""
+    from distributed import Client
+
+    try:
+        with Client(address, security=security, timeout=5, set_as_default=False) as client:
+            client.submit(Path(marker).touch, pure=False).result(timeout=30)
+    except Exception as error:  # noqa: BLE001 - whatever refused it is the answer
+        return f"refused: {type(error).__name__}: {error}"
+    return "ran"
+
+
 def world_traversable_folder(prefix: str) -> Path:
     """A new folder that ``nobody`` can enter (pytest's own folders are private to their owner); the caller
     removes it."""

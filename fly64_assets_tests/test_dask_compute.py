@@ -3,7 +3,8 @@ meets, with real processes (a scheduler and two worker processes on 127.0.0.1, r
 
 The module's cluster is what ``fly64 ui`` starts (``lib.dask_compute.local_cluster``), owned by the test so that
 it can watch the scheduler and kill workers; runs reach it as users' runs do, by its address
-(``StudyCompute.scheduler`` / ``FLY64_DASK_SCHEDULER``).
+(``StudyCompute.scheduler`` / ``FLY64_DASK_SCHEDULER``), over TLS with the cluster's client credentials as files
+(``FLY64_DASK_SECURITY``).
 """
 
 from __future__ import annotations
@@ -28,13 +29,16 @@ from fly64_assets.core.artifacts import PARTIAL_SUFFIX
 from fly64_assets.core.bookkeeping import RECONSTRUCTION_RECORD
 from fly64_assets.core.design import Dataset
 from fly64_assets.core.options import ReconstructionOptions
-from fly64_assets.defs.compute import DASK_CLUSTER_FILE_ENV, DASK_SCHEDULER_ENV, DASK_WORKERS_ENV, StudyCompute
+from fly64_assets.defs.compute import (
+    DASK_CLUSTER_FILE_ENV, DASK_PLAIN_LOOPBACK_ENV, DASK_SCHEDULER_ENV, DASK_SECURITY_ENV, DASK_WORKERS_ENV, StudyCompute,
+)
 from fly64_assets.defs.reconstruction.assets import GPU_POOL, reconstruction_pool
 from fly64_assets.defs.resources import StudyPaths
 from fly64_assets.lib.cluster_preflight import SHARED_ARTIFACT_ROOT_ENV, SHARED_INPUT_ROOTS_ENV, DaskSetupError
 from fly64_assets.lib.dask_compute import cluster_from_file, local_cluster
+from fly64_assets.lib.dask_security import KEY_FILE, temporary_security, write_credentials
 from fly64_assets_tests.dagster_dev import study_environment
-from fly64_assets_tests.support import REPO_ROOT, copy_study
+from fly64_assets_tests.support import REPO_ROOT, copy_study, try_to_run_a_task
 
 pytestmark = pytest.mark.timeout(420)
 EPOCHS = 5
@@ -55,6 +59,18 @@ def cluster():
     with local_cluster(2, 0) as started, Client(started, set_as_default=False) as client:
         client.wait_for_workers(2, timeout=120)
         yield started, client
+
+
+@pytest.fixture(scope="module")
+def shared(cluster, tmp_path_factory) -> StudyCompute:
+    """The module's cluster as a run reaches it: its TLS address and its client credentials as files."""
+    started, _ = cluster
+    credentials = write_credentials(started.security, tmp_path_factory.mktemp("dask") / "tls")
+    return StudyCompute(scheduler=started.scheduler_address, security=str(credentials))
+
+
+def _shared_env(compute: StudyCompute) -> dict[str, str]:
+    return {DASK_SCHEDULER_ENV: compute.scheduler, DASK_SECURITY_ENV: compute.security}
 
 
 @pytest.fixture
@@ -90,8 +106,11 @@ def _reconstruct(paths: StudyPaths, keys: list[str], compute: StudyCompute, inst
 # --- configuration -------------------------------------------------------------------------------------------
 
 
-def test_compute_comes_from_the_environment_and_a_cluster_beyond_this_machine_needs_shared_roots(monkeypatch, study):
-    for name in (DASK_SCHEDULER_ENV, DASK_CLUSTER_FILE_ENV, DASK_WORKERS_ENV, SHARED_ARTIFACT_ROOT_ENV, SHARED_INPUT_ROOTS_ENV):
+def test_compute_comes_from_the_environment_only_over_tls_and_a_cluster_beyond_this_machine_needs_shared_roots(
+    monkeypatch, study, tmp_path
+):
+    for name in (DASK_SCHEDULER_ENV, DASK_SECURITY_ENV, DASK_PLAIN_LOOPBACK_ENV, DASK_CLUSTER_FILE_ENV, DASK_WORKERS_ENV,
+                 SHARED_ARTIFACT_ROOT_ENV, SHARED_INPUT_ROOTS_ENV):
         monkeypatch.delenv(name, raising=False)
     default = StudyCompute.from_env()
     assert (default.scheduler, default.cluster_file, default.workers) == ("", "", -1)
@@ -101,17 +120,37 @@ def test_compute_comes_from_the_environment_and_a_cluster_beyond_this_machine_ne
 
     monkeypatch.setenv(DASK_WORKERS_ENV, "3")
     assert StudyCompute.from_env().describe() == "a local dask cluster of 3 worker(s)"
-    monkeypatch.setenv(DASK_SCHEDULER_ENV, "tcp://127.0.0.1:8786")
+    monkeypatch.setenv(DASK_SCHEDULER_ENV, "tls://127.0.0.1:8786")
+    credentials = write_credentials(temporary_security(), tmp_path / "tls")
+    monkeypatch.setenv(DASK_SECURITY_ENV, str(credentials))
     shared = StudyCompute.from_env()
     assert shared.shared and reconstruction_pool() is None  # one cluster for every run: its workers are the bound
     assert shared.configuration_errors(study.folders()) == []  # loopback: its workers are on this machine
 
-    remote = StudyCompute(scheduler="tcp://10.1.2.3:8786")
+    # A scheduler runs any client's code: plain TCP is refused in one line that says how to give TLS settings (on
+    # loopback too, unless the deployment opts in); TLS needs credentials only their owner can read.
+    plain = StudyCompute(scheduler="tcp://10.1.2.3:8786").configuration_errors(study.folders())
+    assert plain[0] == ("the scheduler at tcp://10.1.2.3:8786 is not encrypted (whoever reaches its port runs code as "
+                        f"you): give its tls:// address and {DASK_SECURITY_ENV}=<folder with ca.pem, cert.pem, key.pem> "
+                        "(docs/CLUSTER.md)")
+    (loopback,) = StudyCompute(scheduler="tcp://127.0.0.1:8786").configuration_errors(study.folders())
+    assert loopback.endswith(f"or {DASK_PLAIN_LOOPBACK_ENV}=1 on a machine no one else uses (docs/CLUSTER.md)")
+    monkeypatch.setenv(DASK_PLAIN_LOOPBACK_ENV, "1")
+    monkeypatch.setenv(DASK_SCHEDULER_ENV, "tcp://127.0.0.1:8786")
+    assert StudyCompute.from_env().configuration_errors(study.folders()) == []
+    assert StudyCompute(scheduler="tls://127.0.0.1:1").scheduler_errors() == [
+        f"the scheduler at tls://127.0.0.1:1 speaks TLS: set {DASK_SECURITY_ENV} to the folder of its client "
+        "credentials (ca.pem, cert.pem, key.pem; docs/CLUSTER.md)"]
+    (credentials / KEY_FILE).chmod(0o644)
+    assert shared.scheduler_errors() == [f"the dask TLS key {credentials / KEY_FILE} is readable by others (mode 644): chmod 600 it"]
+    (credentials / KEY_FILE).chmod(0o600)
+
+    remote = StudyCompute(scheduler="tls://10.1.2.3:8786", security=str(credentials))
     problems = remote.configuration_errors(study.folders())
     assert len(problems) == 3, problems  # the artifact root and both input roots are on this machine's disk
     assert f"the artifact root {study.artifact_root} is on a" in problems[0] and SHARED_ARTIFACT_ROOT_ENV in problems[0]
     assert f"the Phase C root {study.phase_c_root}" in problems[1] and SHARED_INPUT_ROOTS_ENV in problems[1]
-    with pytest.raises(DaskSetupError, match="the scheduler at tcp://10.1.2.3:8786 may run partitions on other machines"):
+    with pytest.raises(DaskSetupError, match="the scheduler at tls://10.1.2.3:8786 may run partitions on other machines"):
         with remote.dispatch("run", study.folders(), 1):
             pass
     monkeypatch.setenv(SHARED_ARTIFACT_ROOT_ENV, "1")
@@ -160,18 +199,31 @@ def test_a_cluster_file_describes_a_dask_jobqueue_cluster_with_tls_and_a_job_fol
             pass
 
 
-def test_every_address_a_local_cluster_opens_is_on_loopback(cluster):
+def test_every_address_a_local_cluster_opens_is_on_loopback_and_tls(cluster):
     started, client = cluster
     info = client.scheduler_info()
-    assert started.scheduler_address.startswith("tcp://127.0.0.1:")
+    assert started.scheduler_address.startswith("tls://127.0.0.1:")
     assert started.dashboard_link.startswith("http://127.0.0.1:")
-    assert {worker.split("://")[1].split(":")[0] for worker in info["workers"]} == {"127.0.0.1"}
-    assert {w["nanny"].split("://")[1].split(":")[0] for w in info["workers"].values()} == {"127.0.0.1"}
+    assert {worker.rsplit(":", 1)[0] for worker in info["workers"]} == {"tls://127.0.0.1"}
+    assert {w["nanny"].rsplit(":", 1)[0] for w in info["workers"].values()} == {"tls://127.0.0.1"}
     listening = []
     for pid in [os.getpid(), *_worker_pids(client).values()]:  # the scheduler and nannies live in this process
         listening += [c.laddr.ip for c in psutil.Process(pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
     assert listening and set(listening) == {"127.0.0.1"}, listening
     assert set(client.run(lambda: os.environ["CUDA_VISIBLE_DEVICES"]).values()) == {""}  # no GPU: none pinned
+
+
+def test_a_local_cluster_refuses_a_plain_client_and_a_tls_client_without_its_credentials(cluster, tmp_path):
+    started, client = cluster
+    clients = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.clients))
+    marker = tmp_path / "ran"
+    plain_address = "tcp://" + started.scheduler_address.split("://", 1)[1]
+    plain = try_to_run_a_task(plain_address, None, str(marker))
+    stranger = try_to_run_a_task(started.scheduler_address, temporary_security(), str(marker))
+    assert plain.startswith("refused: CommClosedError") and stranger.startswith("refused:"), (plain, stranger)
+    assert not marker.exists()
+    assert client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.clients)) == clients
+    print(f"plain TCP: {plain}; TLS with other credentials: {stranger}")
 
 
 # --- a running scheduler's warm workers -------------------------------------------------------------------------
@@ -181,10 +233,12 @@ def _utc(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
-def test_partitions_run_at_once_on_the_running_schedulers_warm_workers_each_recorded_as_it_finishes(cluster, study):
+def test_partitions_run_at_once_on_the_running_schedulers_warm_workers_each_recorded_as_it_finishes(
+    cluster, shared, study
+):
     started, client = cluster
     pids = set(_worker_pids(client).values())
-    compute = StudyCompute(scheduler=started.scheduler_address)
+    compute = shared
     reconstructed = [*BASELINE_1000, "1000|dense_train", "1000|dense_test"]  # with the skips: one range, one run
     with instance_for_test() as instance:
         outcome = _reconstruct(study, reconstructed + SPARSE_1000, compute, instance)
@@ -212,14 +266,16 @@ def test_partitions_run_at_once_on_the_running_schedulers_warm_workers_each_reco
         assert materialized[first].timestamp < _utc(records[last]["ended_utc"])
 
 
-def test_an_auto_choice_runs_its_candidates_as_tasks_at_once_and_chooses_as_in_one_process(cluster, study, tmp_path):
-    started, client = cluster
+def test_an_auto_choice_runs_its_candidates_as_tasks_at_once_and_chooses_as_in_one_process(
+    cluster, shared, study, tmp_path
+):
+    _, client = cluster
     pids = set(_worker_pids(client).values())
     key = "1000|baseline_train"
     inline = StudyPaths(phase_c_root=study.phase_c_root, phase_d_root=study.phase_d_root,
                         artifact_root=str(tmp_path / "inline"))
     with instance_for_test() as instance:
-        on_cluster = _reconstruct(study, [key], StudyCompute(scheduler=started.scheduler_address), instance, 10, "auto")
+        on_cluster = _reconstruct(study, [key], shared, instance, 10, "auto")
         in_process = _reconstruct(inline, [key], StudyCompute(workers=0), instance, 10, "auto")
     assert on_cluster.success and in_process.success, (on_cluster.error, in_process.error)
     choice, reference = _record(study, key)["regularization"], _record(inline, key)["regularization"]
@@ -231,13 +287,12 @@ def test_an_auto_choice_runs_its_candidates_as_tasks_at_once_and_chooses_as_in_o
         assert task["poisson_deviance"] == pytest.approx(local["poisson_deviance"], rel=1e-3)
 
 
-def test_a_partition_whose_task_raises_fails_alone_with_its_reason(cluster, study):
-    started, _ = cluster
+def test_a_partition_whose_task_raises_fails_alone_with_its_reason(shared, study):
     blocked = study.artifact_dir(Dataset.from_partition_key("1000|baseline_test"))
     blocked.parent.mkdir(parents=True)
     blocked.write_text("a file where the partition's folder should be")
     with instance_for_test() as instance:
-        outcome = _reconstruct(study, BASELINE_1000, StudyCompute(scheduler=started.scheduler_address), instance)
+        outcome = _reconstruct(study, BASELINE_1000, shared, instance)
         assert not outcome.success and outcome.failed_partitions == ["1000|baseline_test"]
         assert "1000|baseline_test: FileExistsError" in outcome.error or "NotADirectoryError" in outcome.error, outcome.error
         assert _record(study, "1000|baseline_train")["status"] == "succeeded"
@@ -266,8 +321,8 @@ def _wait_for_epoch(folder: Path, epoch: int, timeout_s: float = 180) -> None:
     raise TimeoutError(f"no reconstruction reached epoch {epoch} in {folder}")
 
 
-def test_a_worker_killed_mid_task_costs_its_partition_a_retry_and_the_others_finish(cluster, study):
-    started, client = cluster
+def test_a_worker_killed_mid_task_costs_its_partition_a_retry_and_the_others_finish(cluster, shared, study):
+    _, client = cluster
     pids = _worker_pids(client)
     killed = {}
 
@@ -280,7 +335,7 @@ def test_a_worker_killed_mid_task_costs_its_partition_a_retry_and_the_others_fin
     killer = threading.Thread(target=kill_a_busy_worker)
     killer.start()
     with instance_for_test() as instance:
-        outcome = _reconstruct(study, BASELINE_1000, StudyCompute(scheduler=started.scheduler_address), instance, epochs=30)
+        outcome = _reconstruct(study, BASELINE_1000, shared, instance, epochs=30)
     killer.join()
     assert outcome.success, outcome.error
     record = _record(study, "1000|baseline_train")
@@ -309,13 +364,12 @@ def _partials(folder: Path) -> list[Path]:
     return sorted(folder.glob(f".*{PARTIAL_SUFFIX}"))
 
 
-def test_a_killed_run_stops_its_tasks_on_a_shared_cluster_within_an_epoch_of_its_lease(cluster, study, tmp_path):
+def test_a_killed_run_stops_its_tasks_on_a_shared_cluster_within_an_epoch_of_its_lease(shared, study, tmp_path):
     """The scheduler forgets a dead client's tasks at once, but a running task is not interrupted: the worker
     goes on until the task itself sees that the run's lease is no longer renewed."""
-    started, _ = cluster
     key = "1000|baseline_train"
     folder = study.artifact_dir(Dataset.from_partition_key(key))
-    env = _environment(study, tmp_path, **{DASK_SCHEDULER_ENV: started.scheduler_address})
+    env = _environment(study, tmp_path, **_shared_env(shared))
     with open(tmp_path / "materialize.log", "wb") as log:
         run = subprocess.Popen(_materialize_command(study, key, LONG_EPOCHS, lease_timeout_s=3), cwd=REPO_ROOT, env=env,
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -335,12 +389,12 @@ def test_a_killed_run_stops_its_tasks_on_a_shared_cluster_within_an_epoch_of_its
     assert sorted(path.name for path in folder.iterdir()) == ["ptychi.log"]  # no reconstruction, nothing partial
 
 
-def test_a_killed_runs_candidate_tasks_stop_within_an_epoch_of_its_lease(cluster, study, tmp_path):
+def test_a_killed_runs_candidate_tasks_stop_within_an_epoch_of_its_lease(cluster, shared, study, tmp_path):
     """The candidates of an ``auto`` choice are tasks of their own, on other workers: they watch the run too."""
-    started, client = cluster
+    _, client = cluster
     key = "1000|baseline_test"
     folder = study.artifact_dir(Dataset.from_partition_key(key))
-    env = _environment(study, tmp_path, **{DASK_SCHEDULER_ENV: started.scheduler_address})
+    env = _environment(study, tmp_path, **_shared_env(shared))
     with open(tmp_path / "materialize.log", "wb") as log:
         run = subprocess.Popen(_materialize_command(study, key, CHOICE_EPOCHS, lease_timeout_s=3, regularization="auto"),
                                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

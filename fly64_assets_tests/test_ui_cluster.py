@@ -1,6 +1,7 @@
 """``fly64 ui`` (``make ui``) as a user runs it: one warm dask cluster and ``dagster dev`` beside it, every run's
-partitions on the same workers; only 127.0.0.1 listens; *Terminate* stops a run's reconstruction within an epoch
-while the cluster goes on; a plain ``kill`` stops everything.
+partitions on the same workers; only 127.0.0.1 listens, over TLS, and another user of the machine can neither
+run a task there nor read the credentials; *Terminate* stops a run's reconstruction within an epoch while the
+cluster goes on; a plain ``kill`` stops everything, the credentials too.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import shutil
 import signal
 import time
 
+from pathlib import Path
+
 import psutil
 import pytest
 
@@ -18,8 +21,11 @@ from fly64_assets.core.artifacts import PARTIAL_SUFFIX
 from fly64_assets.core.bookkeeping import LOG_NAME, RECONSTRUCTION_RECORD
 from fly64_assets.core.design import Dataset
 from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS
+from fly64_assets.lib.dask_security import CA_FILE, CERT_FILE, KEY_FILE, read_credentials, temporary_security
 from fly64_assets_tests.dagster_dev import TERMINATE_RUN, StudyUI, launch_run, study_environment, wait_for_run
-from fly64_assets_tests.support import REPO_ROOT, copy_study, kept_artifacts_dir
+from fly64_assets_tests.support import (
+    REPO_ROOT, call_as_plain_user, copy_study, kept_artifacts_dir, try_to_run_a_task,
+)
 
 pytestmark = pytest.mark.timeout(600)
 LONG = {"ops": {"ptychi_reconstruction": {"config": {"epochs": 3000, "regularization": "off"}}}}
@@ -32,6 +38,18 @@ def _tags(key: str) -> dict[str, str]:
 
 def _partials(folder) -> list:
     return sorted(folder.glob(f".*{PARTIAL_SUFFIX}")) if folder.exists() else []
+
+
+def _stranger(address: str, credentials: str, stranger_security, marker: str) -> list[str]:
+    """What another user of the machine gets: reading the credentials, running a task without them (plain, or TLS
+    with credentials of their own)."""
+    try:
+        (Path(credentials) / KEY_FILE).read_bytes()
+        read = "read the key"
+    except OSError as error:
+        read = f"refused: {type(error).__name__}"
+    plain = try_to_run_a_task("tcp://" + address.split("://", 1)[1], None, marker)
+    return [read, plain, try_to_run_a_task(address, stranger_security, marker)]
 
 
 def _wait_for_epoch(folder, epoch: int, timeout_s: float = 180) -> None:
@@ -54,11 +72,22 @@ def test_fly64_ui_shares_one_warm_loopback_cluster_terminates_within_an_epoch_an
     ui = StudyUI(REPO_ROOT, env, log_path=kept_artifacts_dir("ui_cluster", tmp_path_factory) / "fly64_ui.log")
     try:
         ui.start()
-        address = ui.scheduler_address()
-        with Client(address, timeout=60, set_as_default=False) as client:
+        address, credentials = ui.scheduler_address(), ui.credentials()
+        assert address.startswith("tls://127.0.0.1:")
+        with Client(address, security=read_credentials(credentials), timeout=60, set_as_default=False) as client:
             client.wait_for_workers(2, timeout=120)  # one per core on this CPU-only machine
             workers = set(client.run(os.getpid).values())
         tree = [psutil.Process(ui.process.pid), *psutil.Process(ui.process.pid).children(recursive=True)]
+
+        # The runs' credentials: files only the owner reads, in a folder only the owner enters. Another user
+        # (nobody) cannot read them, and reaches no worker: plain TCP and TLS with other credentials are refused.
+        modes = {path.name: path.stat().st_mode & 0o777 for path in credentials.iterdir()}
+        assert modes == {CA_FILE: 0o600, CERT_FILE: 0o600, KEY_FILE: 0o600} and credentials.stat().st_mode & 0o777 == 0o700
+        marker = tmp_path / "stranger_ran"  # a task that ran would create it (the workers run as the owner)
+        read, plain, other_tls = call_as_plain_user(_stranger, address, str(credentials), temporary_security(), str(marker))
+        assert read == "refused: PermissionError" and not marker.exists(), (read, plain, other_tls)
+        assert plain.startswith("refused:") and other_tls.startswith("refused:"), (plain, other_tls)
+        print(f"another user: key {read}; plain TCP {plain}; TLS with other credentials {other_tls}")
 
         # Every TCP port the whole stack listens on (scheduler, dashboard, nannies, workers, the UI) is on loopback.
         listening = {(c.laddr.ip, c.laddr.port) for p in tree for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
@@ -97,5 +126,6 @@ def test_fly64_ui_shares_one_warm_loopback_cluster_terminates_within_an_epoch_an
         os.kill(ui.process.pid, signal.SIGTERM)
         _, alive = psutil.wait_procs(tree, timeout=90)
         assert alive == [], [process.cmdline() for process in alive]
+        assert not credentials.exists()
     finally:
         ui.stop()

@@ -6,7 +6,10 @@ one's events as it finishes. The default comes from the deployment's environment
 loads:
 
 * ``FLY64_DASK_SCHEDULER``: the address of a running dask scheduler that every run shares (``fly64 ui`` / ``make
-  ui`` start one beside the UI, so every run uses the same warm workers and the GPU is never oversubscribed);
+  ui`` start one beside the UI, so every run uses the same warm workers and the GPU is never oversubscribed); a
+  ``tls://`` address with ``FLY64_DASK_SECURITY``, the folder of the credentials it asks of a client (plain TCP lets
+  whoever reaches the port run code as the study's owner: refused, except on loopback where the deployment says
+  ``FLY64_DASK_ALLOW_PLAIN_LOOPBACK=1``);
 * ``FLY64_DASK_CLUSTER_FILE``: a YAML file describing a dask-jobqueue cluster (Slurm, PBS, ...) each run starts;
 * otherwise a local cluster per run, sized to the machine (``FLY64_DASK_WORKERS``): ``workers_per_gpu``
   single-threaded workers per GPU; on a CPU-only machine none (the partitions run in the step's process, which
@@ -24,12 +27,19 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from fly64_assets.core.partition import StudyFolders
-from fly64_assets.lib.cluster_preflight import DaskSetupError, remote_roots_problems, scheduler_is_on_this_machine
+from fly64_assets.lib.cluster_preflight import (
+    TRUE_WORDS, DaskSetupError, remote_roots_problems, scheduler_is_on_this_machine,
+)
 from fly64_assets.lib.dask_compute import ClusterDispatch, InlineDispatch, cluster_dispatch
+from fly64_assets.lib.dask_security import (
+    CA_FILE, CERT_FILE, KEY_FILE, ENCRYPTED_SCHEMES, address_scheme, credential_problems, read_credentials,
+)
 
 DASK_SCHEDULER_ENV = "FLY64_DASK_SCHEDULER"
 DASK_CLUSTER_FILE_ENV = "FLY64_DASK_CLUSTER_FILE"
 DASK_WORKERS_ENV = "FLY64_DASK_WORKERS"
+DASK_SECURITY_ENV = "FLY64_DASK_SECURITY"
+DASK_PLAIN_LOOPBACK_ENV = "FLY64_DASK_ALLOW_PLAIN_LOOPBACK"
 CLUSTER_JOBS_FOLDER = "cluster_jobs"
 """Under the artifact root, per run: a cluster file's batch jobs' logs (unless the file sets ``log_directory``)."""
 AUTO = -1
@@ -43,6 +53,10 @@ def gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _plain_loopback_allowed() -> bool:
+    return os.environ.get(DASK_PLAIN_LOOPBACK_ENV, "").strip().lower() in TRUE_WORDS
 
 
 def ui_cluster_workers(gpus: int) -> int:
@@ -59,8 +73,18 @@ class StudyCompute(ConfigurableResource):
     # field (e.g. lease_timeout_s) keeps the deployment's choice of the others.
     scheduler: str = Field(
         default=os.environ.get(DASK_SCHEDULER_ENV, "").strip(),
-        description="Address of a running dask scheduler shared by every run, e.g. tcp://127.0.0.1:8786 (fly64 ui "
+        description="Address of a running dask scheduler shared by every run, e.g. tls://127.0.0.1:8786 (fly64 ui "
         "starts one). Empty: each run starts its own cluster (cluster_file, else a local one).",
+    )
+    security: str = Field(
+        default=os.environ.get(DASK_SECURITY_ENV, "").strip(),
+        description=f"Folder of the TLS credentials a tls:// scheduler asks of a client: {CA_FILE}, {CERT_FILE}, "
+        f"{KEY_FILE} (the key readable by its owner alone). fly64 ui sets it for its own cluster.",
+    )
+    allow_plain_loopback: bool = Field(
+        default=_plain_loopback_allowed(),
+        description="Accept an unencrypted tcp:// scheduler on 127.0.0.1. Only on a machine no one else logs in to: "
+        "any local user who reaches its port runs code as you.",
     )
     cluster_file: str = Field(
         default=os.environ.get(DASK_CLUSTER_FILE_ENV, "").strip(),
@@ -86,6 +110,8 @@ class StudyCompute(ConfigurableResource):
         """The deployment's choice as the environment says now (the field defaults: as it said at load)."""
         return cls(
             scheduler=os.environ.get(DASK_SCHEDULER_ENV, "").strip(),
+            security=os.environ.get(DASK_SECURITY_ENV, "").strip(),
+            allow_plain_loopback=_plain_loopback_allowed(),
             cluster_file=os.environ.get(DASK_CLUSTER_FILE_ENV, "").strip(),
             workers=int(os.environ.get(DASK_WORKERS_ENV, "").strip() or AUTO),
         )
@@ -114,20 +140,39 @@ class StudyCompute(ConfigurableResource):
             return "this process, one partition after another"
         return f"a local dask cluster of {workers} worker(s)" + (f" on {gpus} GPU(s)" if gpus else "")
 
+    def scheduler_errors(self) -> list[str]:
+        """Why this process may not connect to ``scheduler`` (empty: it may): only over TLS, with credentials."""
+        scheme = address_scheme(self.scheduler)
+        if not self.scheduler or scheme == "inproc":
+            return []
+        if scheme in ENCRYPTED_SCHEMES:
+            if not self.security:
+                return [f"the scheduler at {self.scheduler} speaks TLS: set {DASK_SECURITY_ENV} to the folder of its "
+                        f"client credentials ({CA_FILE}, {CERT_FILE}, {KEY_FILE}; docs/CLUSTER.md)"]
+            return credential_problems(self.security)
+        loopback = scheduler_is_on_this_machine(self.scheduler)
+        if loopback and self.allow_plain_loopback:
+            return []
+        return [f"the scheduler at {self.scheduler} is not encrypted (whoever reaches its port runs code as you): give "
+                f"its tls:// address and {DASK_SECURITY_ENV}=<folder with {CA_FILE}, {CERT_FILE}, {KEY_FILE}>"
+                + (f", or {DASK_PLAIN_LOOPBACK_ENV}=1 on a machine no one else uses" if loopback else "")
+                + " (docs/CLUSTER.md)"]
+
     def configuration_errors(self, folders: StudyFolders) -> list[str]:
-        """One line per reason this compute cannot run the study on ``folders`` (empty: it can): workers that
-        may be on other machines must see the roots."""
+        """One line per reason this compute cannot run the study on ``folders`` (empty: it can): a scheduler only
+        over TLS; workers that may be on other machines must see the roots."""
         if self.scheduler and self.cluster_file:
             return [f"both a scheduler ({self.scheduler}) and a cluster file ({self.cluster_file}) are set: set one"]
+        problems = self.scheduler_errors()
         if self.cluster_file:
             where = f"the cluster of {self.cluster_file}"
         elif self.scheduler and not scheduler_is_on_this_machine(self.scheduler):
             where = f"the scheduler at {self.scheduler}"
         else:
-            return []
+            return problems
         roots = {"artifact root": folders.artifact_root, "Phase C root": folders.phase_c_root,
                  "Phase D root": folders.phase_d_root}
-        return remote_roots_problems(where, roots)
+        return problems + remote_roots_problems(where, roots)
 
     @contextlib.contextmanager
     def dispatch(
@@ -147,6 +192,7 @@ class StudyCompute(ConfigurableResource):
         with cluster_dispatch(
             run_id, scheduler=self.scheduler, cluster_file=self.cluster_file, local_workers=workers, gpus=gpus,
             cpu_threads=threads, lease_timeout_s=self.lease_timeout_s,
+            security=read_credentials(self.security) if self.scheduler and self.security else None,
             job_folder=Path(folders.artifact_root) / CLUSTER_JOBS_FOLDER / run_id,
         ) as dispatch:
             yield dispatch

@@ -28,11 +28,11 @@ declared shared with ``FLY64_SHARED_ARTIFACT_ROOT=1`` / ``FLY64_SHARED_INPUT_ROO
 
 
 class DaskSetupError(ValueError):
-    """A dask run configured so that it cannot work across machines; one line per problem."""
+    """A dask run configured so that it cannot work (across machines, or safely); one line per problem."""
 
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
-        super().__init__("this dask run cannot work across machines:\n" + "\n".join(f"- {p}" for p in self.problems))
+        super().__init__("this dask setup cannot run the study:\n" + "\n".join(f"- {p}" for p in self.problems))
 
 
 def scheduler_is_on_this_machine(address: str) -> bool:

@@ -11,8 +11,9 @@ calling ``on_epoch(key, epoch, loss)`` meanwhile. Three places the work can go:
 
 Workers run one task at a time (``nthreads=1``): pty-chi sets torch's default device and dtype per process.
 Each ``local_cluster`` worker is pinned to one GPU (``CUDA_VISIBLE_DEVICES``), imports torch and pty-chi when
-it starts (``dask_setup``, the worker preload) and keeps them; every address it opens is on 127.0.0.1, because
-a dask scheduler runs whatever code a client sends it.
+it starts (``dask_setup``, the worker preload) and keeps them; because a dask scheduler runs whatever code a client
+sends it, every address it opens is on 127.0.0.1 and speaks TLS with credentials made for that cluster
+(``lib.dask_security``): another user of the machine cannot connect.
 
 With ``regularization: auto`` a partition's task runs its candidate reconstructions as tasks of their own
 (``candidates_as_tasks``, dask's tasks-from-tasks: the partition's task leaves its worker's thread while it waits),
@@ -64,21 +65,26 @@ def dask_setup(worker) -> None:  # noqa: ARG001 - dask's preload hook
     import_ptychi()
 
 
-def local_cluster(workers: int, gpus: int):
-    """A ``SpecCluster`` on this machine, on 127.0.0.1 only: ``workers`` single-threaded worker processes, spread
-    over ``gpus`` GPUs (each pinned to one with ``CUDA_VISIBLE_DEVICES``; with no GPU, none sees one)."""
+def local_cluster(workers: int, gpus: int, security=None):
+    """A ``SpecCluster`` on this machine, on 127.0.0.1 only and TLS only: ``workers`` single-threaded worker
+    processes, spread over ``gpus`` GPUs (each pinned to one with ``CUDA_VISIBLE_DEVICES``; with no GPU, none sees
+    one). ``security``: its credentials (default: fresh temporary ones); a client needs ``cluster.security``."""
     from distributed import Nanny, Scheduler, SpecCluster
+
+    security = security or temporary_security()
 
     def worker(index: int) -> dict:
         gpu = str(index % gpus) if gpus else ""
         return {"cls": Nanny, "options": {
-            "nthreads": 1, "host": LOOPBACK, "dashboard": False, "preload": [__name__],
-            "env": {"CUDA_VISIBLE_DEVICES": gpu, "OMP_NUM_THREADS": "1"}, "silence_logs": logging.WARNING,
+            "nthreads": 1, "host": LOOPBACK, "protocol": "tls", "security": security, "dashboard": False,
+            "preload": [__name__], "env": {"CUDA_VISIBLE_DEVICES": gpu, "OMP_NUM_THREADS": "1"},
+            "silence_logs": logging.WARNING,
         }}
 
-    scheduler = {"cls": Scheduler, "options": {"host": LOOPBACK, "port": 0, "dashboard_address": f"{LOOPBACK}:0"}}
+    scheduler = {"cls": Scheduler, "options": {"host": LOOPBACK, "port": 0, "protocol": "tls", "security": security,
+                                               "dashboard_address": f"{LOOPBACK}:0"}}
     return SpecCluster(workers={f"worker-{i}": worker(i) for i in range(workers)}, scheduler=scheduler,
-                       silence_logs=logging.WARNING, name="fly64")
+                       security=security, silence_logs=logging.WARNING, name="fly64")
 
 
 def _batch_job_security(folder: Path):
@@ -308,9 +314,10 @@ class ClusterDispatch:
 @contextlib.contextmanager
 def cluster_dispatch(
     run_id: str, *, scheduler: str = "", cluster_file: str = "", local_workers: int = 0, gpus: int = 0,
-    cpu_threads: int | None = None, lease_timeout_s: float = 30.0, job_folder: Path | None = None,
+    cpu_threads: int | None = None, lease_timeout_s: float = 30.0, job_folder: Path | None = None, security=None,
 ) -> Iterator[ClusterDispatch]:
-    """A dispatch on the running scheduler at ``scheduler``, else on a cluster started for this run from
+    """A dispatch on the running scheduler at ``scheduler`` (``security``: the credentials it asks of a client; a
+    cluster started here hands the client its own), else on a cluster started for this run from
     ``cluster_file`` (its batch jobs' logs in ``job_folder``) or on this machine (``local_workers`` workers over
     ``gpus`` GPUs), closed at the end. However the run ends (done, failed, terminated), its tasks are told to
     stop."""
@@ -324,7 +331,7 @@ def cluster_dispatch(
         else:
             cluster = local_cluster(local_workers, gpus)
             stack.callback(cluster.close)
-        with Client(scheduler or cluster, set_as_default=False) as client:
+        with Client(scheduler or cluster, security=security, set_as_default=False) as client:
             dispatch = ClusterDispatch(client, RunChannel(run_id, lease_timeout_s), cpu_threads)
             try:
                 yield dispatch
