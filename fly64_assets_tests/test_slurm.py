@@ -23,6 +23,7 @@ from fly64_assets.core.bookkeeping import RECONSTRUCTION_RECORD
 from fly64_assets.core.partition import worker_identity
 from fly64_assets.defs.compute import CLUSTER_JOBS_FOLDER, DASK_CLUSTER_FILE_ENV
 from fly64_assets.lib.cluster_preflight import SHARED_ARTIFACT_ROOT_ENV, SHARED_INPUT_ROOTS_ENV
+from fly64_assets.lib.dask_compute import cluster_from_file
 from fly64_assets_tests.dagster_dev import DagsterDev, run_ui_backfill, study_environment
 from fly64_assets_tests.support import REPO_ROOT, copy_study
 
@@ -197,3 +198,15 @@ def test_a_record_names_a_pbs_job_too_and_no_job_outside_a_batch_system(monkeypa
     assert worker_identity() == {"host": socket.gethostname(), "pid": os.getpid(), "batch_job": None}
     monkeypatch.setenv("PBS_JOBID", "4242.pbs01")  # PBS names no node: the host is the node
     assert worker_identity()["batch_job"] == {"system": "pbs", "id": "4242.pbs01", "node": socket.gethostname()}
+
+
+def test_a_cluster_file_whose_jobs_slurm_refuses_fails_at_once_instead_of_waiting(slurm, tmp_path, monkeypatch):
+    for name, value in slurm.env.items():
+        monkeypatch.setenv(name, value)
+    refused = tmp_path / "refused.yaml"
+    refused.write_text(documented_cluster_file().replace("slurm:\n", "slurm:\n  queue: no-such-partition\n", 1))
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"refused.yaml: the batch system accepted none of its 2 job\(s\); sbatch's error"):
+        with cluster_from_file(refused, tmp_path / "jobs"):
+            pass
+    assert time.monotonic() - started < 30 and slurm.jobs() == []

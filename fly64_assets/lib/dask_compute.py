@@ -45,6 +45,8 @@ from fly64_assets.lib.dask_security import CA_FILE, CERT_FILE, KEY_FILE, tempora
 LOOPBACK = "127.0.0.1"
 LEASE_REFRESH_S = 2.0
 POLL_S = 0.2
+SUBMIT_TIMEOUT_S = 120.0
+"""How long a cluster file's jobs may take to be submitted (``sbatch`` returning) before the run goes on waiting."""
 TASK_RETRIES = 1
 """A task whose worker died (killed, out of memory) runs once more on another worker."""
 CANDIDATE_PRIORITY = 1
@@ -138,9 +140,27 @@ def cluster_from_file(path: Path, job_folder: Path) -> Iterator:
         cluster = getattr(jobqueue, JOBQUEUE_CLUSTERS[kind])(**options, security=security)
         try:
             cluster.scale(jobs=jobs)
+            _check_submitted(cluster, jobs, path)
             yield cluster
         finally:
             cluster.close()
+
+
+def _check_submitted(cluster, jobs: int, path: Path) -> None:
+    """Raise when the batch system refused every job (a queue or an account that does not exist, ...): dask-jobqueue
+    only logs the refusal, and the run would wait for workers forever. A job whose submission ended is in
+    ``cluster.workers``; a refused one has no ``job_id``. Jobs that wait in the queue are fine."""
+    deadline = time.monotonic() + SUBMIT_TIMEOUT_S
+    while len(cluster.workers) < jobs and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+    if cluster.workers and all(job.job_id is None for job in cluster.workers.values()):
+        from distributed.core import Status
+
+        for job in cluster.workers.values():
+            job.status = Status.failed  # its start raised; dask's close asserts that every job it made ended
+        raise RuntimeError(f"cluster file {path}: the batch system accepted none of its {jobs} job(s); "
+                           f"{cluster.job_cls.submit_command}'s error is in this run's log (e.g. a queue or account "
+                           "that does not exist)")
 
 
 class InlineDispatch:
