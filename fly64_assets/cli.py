@@ -7,9 +7,11 @@ It keeps the old study script's command line (``--phase-c-root --phase-d-root --
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -25,6 +27,7 @@ from fly64_assets.core.options import ReconstructionOptions
 from fly64_assets.core.synthetic import DEFAULT_SCALE, SCALES, simulate_study, simulated_scale
 from fly64_assets.defs.resources import StudyPaths, default_data_dir, synthetic_root
 from fly64_assets.defs.compute import DASK_WORKERS_ENV, StudyCompute
+from fly64_assets.lib.interrupts import EXIT_INTERRUPTED, Stopped, ctrl_c_stops_the_command
 from fly64_assets.lib.progress import progress_for
 from fly64_assets.core.design import ALL_DATASETS, DOSES, SIMULATION_SEED, SPLITS, VIEWS, Dataset, select_datasets
 
@@ -159,13 +162,16 @@ def _write_reports(paths: StudyPaths, manifest: dict) -> None:
     write_json(paths.artifact_file("skip_summary.json"), bookkeeping.build_skip_summary(manifest))
 
 
-def cmd_simulate(args) -> int:
-    started = time.perf_counter()
-    summary = simulate_study(args.out, scale=args.scale, seed=args.seed)
+def _print_simulated(summary: dict) -> None:
     for name, n_patterns in summary["written"].items():
         print(f"  wrote {name} ({n_patterns} patterns)")
     for name, skipped in summary["skipped"].items():
         print(f"  not written: {name}: {skipped['reason']}")
+
+
+def cmd_simulate(args) -> int:
+    started = time.perf_counter()
+    _print_simulated(simulate_study(args.out, scale=args.scale, seed=args.seed))
     print(f"synthetic {args.scale} study written to {args.out} in {time.perf_counter() - started:.1f} s")
     return EXIT_OK
 
@@ -218,7 +224,9 @@ def _compute(args) -> StudyCompute:
     if args.workers is not None:
         if args.workers < 0:
             raise UsageError(f"--workers must be 0 or more, not {args.workers}")
-        compute = compute.model_copy(update={"workers": args.workers})
+        # a new resource, not model_copy: Dagster builds a resource from the values it was constructed with
+        fields = {name: getattr(compute, name) for name in StudyCompute.model_fields}
+        compute = StudyCompute(**{**fields, "workers": args.workers})
     problems = compute.configuration_errors(_paths(args).folders())
     if problems:
         raise UsageError("\n".join(problems))
@@ -323,6 +331,26 @@ def cmd_report(args) -> int:
     return EXIT_OK
 
 
+def _simulate_whole(root: Path, scale: str, why: str) -> None:
+    """Simulate into a folder beside ``root``, then put it in place: Ctrl-C leaves the earlier tree or none, never
+    part of one (which the next ``fly64 study`` would take for a whole one)."""
+    staging, earlier = root.with_name(f".{root.name}.partial"), root.with_name(f".{root.name}.earlier")
+    try:
+        print(f"simulating the synthetic {scale} study into {root} ({why})")
+        shutil.rmtree(staging, ignore_errors=True)
+        summary = simulate_study(staging, scale=scale, seed=SIMULATION_SEED)
+    except KeyboardInterrupt:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise Stopped("while simulating the synthetic study", "nothing was run; the next fly64 study simulates it "
+                      "again") from None
+    shutil.rmtree(earlier, ignore_errors=True)
+    if root.exists():
+        root.rename(earlier)
+    staging.rename(root)
+    shutil.rmtree(earlier, ignore_errors=True)
+    _print_simulated(summary)
+
+
 def cmd_study(args) -> int:
     """The README's study command: the whole default study on the synthetic tree."""
     started = time.perf_counter()
@@ -331,8 +359,7 @@ def cmd_study(args) -> int:
     existing = simulated_scale(root) if present else None
     if not present or existing not in (None, args.scale):
         why = f"the tree there is the {existing} scale" if present else "none there yet"
-        print(f"simulating the synthetic {args.scale} study into {root} ({why})")
-        cmd_simulate(argparse.Namespace(out=root, scale=args.scale, seed=SIMULATION_SEED))
+        _simulate_whole(root, args.scale, why)
     defaults = StudyPaths.from_env()
     run_args = argparse.Namespace(
         phase_c_root=defaults.phase_c_root, phase_d_root=defaults.phase_d_root, artifact_root=defaults.artifact_root,
@@ -364,15 +391,27 @@ def _quiet_library_warnings() -> None:
     warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
 
 
+RUNS_DAGSTER = {"run", "report", "study"}
+"""The commands that execute Dagster runs in this process: Ctrl-C stops them in order (lib/interrupts.py)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_library_warnings()
     gc.freeze()  # what is loaded so far lives until the process ends: out of the collector's way (core.imports)
     try:
-        return COMMANDS[args.command](args)
+        with ctrl_c_stops_the_command() if args.command in RUNS_DAGSTER else contextlib.nullcontext():
+            return COMMANDS[args.command](args)
     except UsageError as error:
         print(f"fly64 {args.command}: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except Stopped as stopped:
+        print(f"fly64 {args.command}: stopped by Ctrl-C {stopped.where}: {stopped.whole}; run it again to finish",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print(f"fly64 {args.command}: stopped by Ctrl-C: every file written so far is whole", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         gc.freeze()  # the same for what the command made: Python's collections at exit skip it
 

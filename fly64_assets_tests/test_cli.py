@@ -103,7 +103,8 @@ def test_run_goes_through_dagster_and_exit_code_reports_a_failed_job(study_paths
         runs = instance.get_runs()
         (reconstruction_run,) = [run for run in runs if run.job_name == "reconstruct_study"]
         logged = [entry.message for entry in instance.all_logs(reconstruction_run.run_id)]
-    assert {run.job_name for run in runs} == {"observe_phase_c_inputs", "observe_phase_d_inputs", "reconstruct_study", "summarize_study"}
+    assert {run.job_name for run in runs} == {"observe_phase_c_inputs", "observe_phase_d_inputs", "reconstruct_study",
+                                              "summarize_study", "report_study"}
     # the failure is one line with its reason on the terminal, no traceback; the run's event log has it whole
     assert "Traceback" not in printed.out + printed.err
     assert sum("10000|dense_train" in line and "FAILED" in line for line in printed.out.splitlines()) == 1

@@ -32,6 +32,7 @@ import copy
 import importlib
 import itertools
 import logging
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -63,7 +64,10 @@ logger = logging.getLogger(__name__)
 
 
 def dask_setup(worker) -> None:  # noqa: ARG001 - dask's preload hook
-    """Preload: a worker imports torch and pty-chi once, when it starts, not in its first task."""
+    """Preload: a worker imports torch and pty-chi once, when it starts, not in its first task. It ignores Ctrl-C:
+    a terminal sends SIGINT to its whole process group, these workers included, and the process that started the
+    cluster stops them in order (``lib/interrupts.py``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import_ptychi()
 
 
