@@ -88,6 +88,11 @@ def test_baseline_quality_improves_with_dose_and_the_report_shows_it(standard_st
     curves = event.asset_materialization.metadata["loss and convergence"].value  # the UI shows the curve drawn
     assert_figure_drawn(png_in_markdown(curves), "loss and convergence")
     assert len(study_report["convergence_notes"]) == 3 and study_report["convergence_notes"][2].startswith("At 1e5")
+    print("\n".join(study_report["convergence_notes"]), study_report["headline"], sep="\n")
+    # auto regularized 1e3 in the last 10 % of the epochs: judged before them, their effect beside the verdict
+    assert "baseline before TV " in study_report["convergence_notes"][0], study_report["convergence_notes"]
+    assert f"TV in the last {REPORT_EPOCHS // 10} epochs: " in study_report["convergence_notes"][0]
+    assert "too few" not in study_report["convergence_notes"][0]  # 1e3 semi-converges: its error rises before TV
 
     report_dir = Path(study_paths.artifact_root) / "report"
     html = (report_dir / "study_report.html").read_text()
