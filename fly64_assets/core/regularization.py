@@ -159,7 +159,7 @@ class RegularizationChoice:
         if not self.candidates:
             return "; ".join(self.notes)
         scores = ", ".join(
-            f"{c.tv_weight:g}: {c.poisson_deviance:.5f} (+{c.excess_over_lowest:.5f} ± {c.excess_standard_error:.5f})"
+            f"{c.tv_weight:g}: {c.poisson_deviance:.6g} (+{c.excess_over_lowest:.2g} ± {c.excess_standard_error:.2g})"
             for c in self.candidates
         )
         flat = " (flat evidence: every candidate within one standard error of the lowest)" if self.evidence == FLAT else ""
