@@ -1,5 +1,6 @@
-"""Ctrl-C at each stage of ``fly64 run`` and ``fly64 study``: the real command in its own process group, the
-real SIGINT a terminal sends to that whole group (the command, Dagster's helper processes, dask's workers).
+"""Ctrl-C at each stage of ``fly64 run`` and ``fly64 study`` (and in ``fly64 report``): the real command in its
+own process group, the real SIGINT a terminal sends to that whole group (the command, Dagster's helper processes,
+dask's workers).
 
 Each time: exit 130 within a few seconds, exactly one line saying where it stopped and what is whole, no
 traceback from anyone, nothing of the interrupted stage written, no process left, every run recorded as ended;
@@ -70,7 +71,8 @@ class Command:
 
     def ctrl_c(self) -> float:
         """SIGINT to the whole process group, as a terminal sends it; returns the seconds until the command ended."""
-        self.helpers = {child: " ".join(child.cmdline()) for child in psutil.Process(self.process.pid).children(recursive=True)}
+        children = psutil.Process(self.process.pid).children(recursive=True)
+        self.helpers = {child: " ".join(child.cmdline()) for child in children}
         sent = time.monotonic()
         os.killpg(self.process.pid, signal.SIGINT)
         self.process.wait(timeout=60)
@@ -122,11 +124,14 @@ def _runs(home: Path) -> list:
 
 
 def _wait_for_step_start(home: Path, job_name: str, timeout: float = 240.0) -> None:
-    """Until the instance records a step of a ``job_name`` run as started (the step is executing)."""
+    """Until the instance records a step of a new ``job_name`` run as started (the step is executing)."""
+    earlier = {run.run_id for run in _runs(home)}
     deadline = time.monotonic() + timeout
     with DagsterInstance.from_config(str(home)) as instance:
         while time.monotonic() < deadline:
             for run in instance.get_runs(filters=RunsFilter(job_name=job_name)):
+                if run.run_id in earlier:
+                    continue
                 if instance.get_records_for_run(run.run_id, of_type=DagsterEventType.STEP_START).records:
                     return
             time.sleep(0.05)
@@ -140,7 +145,8 @@ def test_ctrl_c_at_each_stage_of_fly64_run_stops_it_whole_and_a_rerun_completes(
     env = _environment(tmp_path)
     home = Path(env["DAGSTER_HOME"])
     args = ["run", "--phase-c-root", str(inputs / "phase_c"), "--phase-d-root", str(inputs / "phase_d"),
-            "--artifact-root", str(artifacts), "--allow-missing-phase-d", "--dose", "1000", "--workers", "0", *FEW_EPOCHS]
+            "--artifact-root", str(artifacts), "--allow-missing-phase-d", "--dose", "1000", "--workers", "0",
+            *FEW_EPOCHS]
     manifest, skip_summary = artifacts / "reconstruction_manifest.json", artifacts / "skip_summary.json"
     report = artifacts / "report" / "study_report.html"
 
@@ -180,6 +186,15 @@ def test_ctrl_c_at_each_stage_of_fly64_run_stops_it_whole_and_a_rerun_completes(
     assert report.is_file() and not list(artifacts.rglob("*.partial"))
     assert all(run.is_finished for run in _runs(home))
 
+    # fly64 report stopped while it draws the report: the one written above stays as it was
+    written = report.read_bytes()
+    command = Command(["report", "--phase-c-root", str(inputs / "phase_c"), "--phase-d-root", str(inputs / "phase_d"),
+                       "--artifact-root", str(artifacts)], env)
+    _wait_for_step_start(home, "report_study")
+    _assert_stopped(command, command.ctrl_c(), "during the report")
+    assert report.read_bytes() == written
+    assert all(run.is_finished for run in _runs(home))
+
 
 @pytest.mark.timeout(600)
 def test_ctrl_c_during_a_reconstruction_on_local_dask_workers_stops_them_too(synthetic_study, tmp_path):
@@ -208,5 +223,6 @@ def test_ctrl_c_while_fly64_study_simulates_leaves_no_partial_tree_and_a_rerun_c
 
     command = Command(args, env)
     assert command.finish() == 0, command.output
-    assert "simulating the synthetic demo study" in command.output and "12 of 12 reconstruction(s) succeeded" in command.output
+    assert "simulating the synthetic demo study" in command.output
+    assert "12 of 12 reconstruction(s) succeeded" in command.output
     assert (tmp_path / "fly64_data" / "artifacts" / "report" / "study_report.html").is_file()
