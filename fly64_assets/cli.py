@@ -123,6 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--workers", type=int, default=None,
                     help="worker processes (default: 8 per GPU, else one per core)")
 
+    repeat = commands.add_parser(
+        "repeat", help="reconstruct a partition again from its reconstruction.json and compare with the original")
+    repeat.add_argument("record", type=Path, help="a reconstruction.json (under the artifact root: dose_*/<view>/<split>/)")
+    repeat.add_argument("--artifact-root", type=Path, default=None,
+                        help="where the repeat goes (default: repeats/<dose>_<view>_<split>-<UTC time> in the original's "
+                        "artifact root), with its own Dagster instance")
+    repeat.add_argument("--workers", type=int, default=None,
+                        help="a local dask cluster of this many workers (0: in this process; default as fly64 run)")
+
     study = commands.add_parser("study", help="the whole default study: simulate if absent, run all, summarize")
     _add_reconstruction(study)
     study.add_argument("--scale", choices=list(SCALES), default=DEFAULT_SCALE, help=SCALE_HELP)
@@ -371,6 +380,38 @@ def cmd_study(args) -> int:
     return code
 
 
+def cmd_repeat(args) -> int:
+    """Repeat one partition from its record: exit 0 when the repeat matches the original (bit for bit on a CPU),
+    1 when it differs or fails, 2 when the record cannot be repeated (e.g. its input changed since)."""
+    from datetime import datetime, timezone
+
+    from fly64_assets import launch
+    from fly64_assets.core.repeat import RecordRefused, plan_repeat
+
+    try:
+        plan = plan_repeat(args.record)
+    except RecordRefused as error:
+        raise UsageError(str(error)) from error
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    artifact_root = (args.artifact_root or plan.default_artifact_root(stamp)).resolve()
+    compute = StudyCompute.from_env()
+    if args.workers is not None:
+        compute = compute.model_copy(update={"workers": args.workers})
+    print(f"repeating {plan.dataset.partition_key} from {plan.record_path}: its input unchanged (SHA-256), "
+          f"{plan.options.epochs} epochs, regularization {plan.options.regularization.value}, seed "
+          f"{plan.options.random_seed}, CPU threads {plan.cpu_threads}; into {artifact_root}")
+    progress = progress_for(sys.stdout)
+    try:
+        outcome, comparison = launch.repeat(plan, artifact_root, progress, compute)
+    finally:
+        progress.close()
+    if comparison is None:
+        print(f"fly64 repeat: the repeat failed: {outcome.error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"repeat: {comparison.summary()}")
+    return EXIT_OK if comparison.within else EXIT_FAILED
+
+
 COMMANDS = {
     "simulate": cmd_simulate,
     "check": cmd_check,
@@ -378,6 +419,7 @@ COMMANDS = {
     "run": cmd_run,
     "report": cmd_report,
     "study": cmd_study,
+    "repeat": cmd_repeat,
     "ui": cmd_ui,
 }
 

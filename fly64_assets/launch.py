@@ -15,12 +15,15 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance, PartitionKeyRange
 
 from fly64_assets.core.bookkeeping import StudyPlan
 from fly64_assets.core.design import Dataset
 from fly64_assets.core.options import ReconstructionOptions
+from fly64_assets.core.partition import RECONSTRUCTION_FILE
+from fly64_assets.core.repeat import Comparison, RepeatPlan, compare
 from fly64_assets.definitions import build_definitions
 from fly64_assets.defs.jobs import (
     OBSERVATION_JOBS,
@@ -245,3 +248,29 @@ def rescore(paths: StudyPaths, instance: DagsterInstance, progress: StudyProgres
     if not outcome.success:
         raise RuntimeError(f"the report failed: {outcome.error}")
     return outcome.values[REPORT_ASSET]
+
+
+REPEAT_INSTANCE = "dagster_home"
+"""The repeat's own Dagster instance, inside its artifact root: the study's instance (and its UI) keeps showing the
+original as the partition's newest materialization."""
+
+
+def repeat(
+    plan: RepeatPlan, artifact_root: Path, progress: StudyProgress | None = None, compute: StudyCompute | None = None
+) -> tuple[RunOutcome, Comparison | None]:
+    """Reconstruct ``plan``'s partition again through Dagster (its input, requested options, seed and CPU threads),
+    into ``artifact_root``, in an instance of its own there; the comparison with the original after a success."""
+    paths = StudyPaths(phase_c_root=str(plan.phase_c_root), phase_d_root=str(plan.phase_d_root), artifact_root=str(artifact_root))
+    config = {"ops": {"ptychi_reconstruction": {"config": {**plan.options.as_dict(), "cpu_threads": plan.cpu_threads}}}}
+    key = plan.dataset.partition_key
+    home = Path(artifact_root) / REPEAT_INSTANCE
+    home.mkdir(parents=True, exist_ok=True)
+    try:
+        with DagsterInstance.local_temp(tempdir=str(home)) as instance:
+            outcome = execute(paths, RECONSTRUCT_JOB, instance, config, partition_tags(key, key), progress=progress,
+                              compute=compute)
+    except (RunInterrupted, KeyboardInterrupt):
+        raise Stopped("during the repeat", f"the original is untouched; {artifact_root} holds no whole repeat") from None
+    if not outcome.success:
+        return outcome, None
+    return outcome, compare(plan.original, paths.artifact_dir(plan.dataset) / RECONSTRUCTION_FILE, plan.device)

@@ -9,7 +9,7 @@ The assets' code versions are ``core.provenance.science_version``: the pty-chi a
 of the code that computes the result. A new pty-chi, or a change in ``core/lsqml.py``, ``core/regularization.py``
 or ``core/options.py``, marks every reconstruction stale ("has a new code version"), and a change in
 ``core/quality.py`` every score. Reconstructions are not launched again by themselves on such a change (the eager
-condition reacts to new inputs only: docs/ARCHITECTURE.md says why).
+condition reacts to new inputs only: docs/REAL_STUDY.md says why).
 """
 
 from __future__ import annotations

@@ -1,0 +1,58 @@
+"""A record is enough to repeat its partition: ``fly64 repeat reconstruction.json`` reconstructs it again through
+Dagster, in the step's own process and on a dask worker, bit for bit as the original on the CPU; a record whose
+input changed since is refused in one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from dagster import instance_for_test
+
+from fly64_assets import cli, launch
+from fly64_assets.core.bookkeeping import RECONSTRUCTION_RECORD
+from fly64_assets.core.design import Dataset
+from fly64_assets.core.options import ReconstructionOptions
+from fly64_assets.core.partition import RECONSTRUCTION_FILE
+from fly64_assets.defs.compute import StudyCompute
+
+DATASET = Dataset(1000, "baseline", "test")
+OPTIONS = ReconstructionOptions(epochs=5, regularization="auto", random_seed=7)
+"""``auto``: the repeat makes the weight's choice again too (its held-out patterns follow the seed)."""
+
+
+@pytest.fixture
+def original(study_paths):
+    """One partition reconstructed through Dagster in the step's own process: its record."""
+    with instance_for_test() as instance:
+        (outcome,) = launch.reconstruct(study_paths, [DATASET], OPTIONS, instance, compute=StudyCompute(workers=0))
+    assert outcome.success, outcome.error
+    return study_paths.artifact_dir(DATASET) / RECONSTRUCTION_RECORD
+
+
+def _arrays(path):
+    with np.load(path, allow_pickle=False) as saved:
+        return {name: saved[name] for name in ("reconstructed_object", "reconstructed_probe", "loss_per_epoch")}
+
+
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("workers", [0, 1], ids=["in the step's process", "on a dask worker"])
+def test_a_repeat_from_the_record_is_bitwise_the_original(original, tmp_path, capsys, workers):
+    out = tmp_path / "repeat"
+    assert cli.main(["repeat", str(original), "--artifact-root", str(out), "--workers", str(workers)]) == cli.EXIT_OK
+    printed = capsys.readouterr().out
+    assert "identical to the original, bit for bit" in printed
+    first = _arrays(original.parent / RECONSTRUCTION_FILE)
+    again = _arrays(out / "dose_1000" / "baseline" / "test" / RECONSTRUCTION_FILE)
+    for name, array in first.items():
+        assert array.tobytes() == again[name].tobytes(), name
+    assert (out / "dagster_home").is_dir()  # the repeat's own instance: the study's UI keeps the original
+
+
+def test_a_record_whose_input_changed_is_refused_in_one_line(original, study_paths, capsys):
+    input_path = study_paths.input_path(DATASET)
+    input_path.write_bytes(input_path.read_bytes() + b"\0")
+    assert cli.main(["repeat", str(original)]) == cli.EXIT_USAGE
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert str(input_path) in error and "has changed since" in error and "nothing was run" in error
+    assert not (original.parents[3] / "repeats").exists()
