@@ -19,6 +19,7 @@ import pytest
 import yaml
 from dagster import AssetKey, DagsterInstance
 
+from fly64_assets.core.artifacts import PARTIAL_SUFFIX
 from fly64_assets.core.bookkeeping import RECONSTRUCTION_RECORD
 from fly64_assets.core.partition import worker_identity
 from fly64_assets.defs.compute import CLUSTER_JOBS_FOLDER, DASK_CLUSTER_FILE_ENV
@@ -31,6 +32,8 @@ EPOCHS = 5
 COMMAND_TIMEOUT_S = 240
 BACKFILL_TIMEOUT_S = 240
 SQUEUE_EMPTY_WITHIN_S = 15.0
+CANCEL_EPOCHS = 20
+NEVER_START_TIMEOUT_S = 20
 """``scancel`` returns before the jobs are gone: slurmd ends them (a running worker gets SIGTERM) within seconds."""
 
 
@@ -210,3 +213,96 @@ def test_a_cluster_file_whose_jobs_slurm_refuses_fails_at_once_instead_of_waitin
         with cluster_from_file(refused, tmp_path / "jobs"):
             pass
     assert time.monotonic() - started < 30 and slurm.jobs() == []
+
+
+def _cluster_file(tmp_path: Path, slurm, name: str, **changes) -> dict:
+    """The documented cluster file with ``changes`` (e.g. ``jobs=1``) as ``tmp_path/name``: a ``fly64 run``'s
+    environment on the Slurm login node (declared shared roots, demo study in ``tmp_path``)."""
+    document = yaml.safe_load(documented_cluster_file())
+    document["slurm"].update(changes)
+    (tmp_path / name).write_text(yaml.safe_dump(document))
+    return {**os.environ, **slurm.env, DASK_CLUSTER_FILE_ENV: str(tmp_path / name), SHARED_ARTIFACT_ROOT_ENV: "1",
+            SHARED_INPUT_ROOTS_ENV: "1"}
+
+
+def _start_fly64_run(env: dict, log_path: Path, epochs: int, *args: str) -> subprocess.Popen:
+    command = [str(Path(sys.executable).parent / "fly64"), "run", "--dose", "1000", "--view", "dense", "--epochs",
+               str(epochs), "--regularization", "off", *args]
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(command, env=env, cwd=log_path.parent, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait_for_epoch(process: subprocess.Popen, artifact_root: Path, epoch: int, log_path: Path) -> Path:
+    """The partition folder whose reconstruction (its log still a ``.partial`` file) reached ``epoch``."""
+    deadline = time.monotonic() + COMMAND_TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log_path.read_text()[-3000:]
+        for partial in artifact_root.rglob(f".ptychi.log*{PARTIAL_SUFFIX}"):
+            if f"epoch {epoch}/" in partial.read_text(errors="replace"):
+                return partial.parent
+        time.sleep(0.3)
+    raise TimeoutError(f"no reconstruction reached epoch {epoch}: {log_path.read_text()[-3000:]}")
+
+
+def _finish(process: subprocess.Popen, log_path: Path) -> tuple[int, str]:
+    try:
+        process.wait(timeout=COMMAND_TIMEOUT_S)
+    finally:
+        process.kill()
+    return process.returncode, log_path.read_text(errors="replace")
+
+
+def _squeue_empty_within(slurm, seconds: float) -> float:
+    started = time.monotonic()
+    while slurm.jobs() and time.monotonic() - started < seconds:
+        time.sleep(0.5)
+    assert slurm.jobs() == [], slurm.command("squeue")
+    return time.monotonic() - started
+
+
+@pytest.mark.timeout(300)
+def test_a_cancelled_only_job_is_replaced_and_its_partition_runs_again_whole(slurm, study_paths, tmp_path):
+    """``scancel`` (what preemption does) of a one-job cluster's job while a partition reconstructs: the run asks
+    for a new job, that partition runs again there, the other finishes too, and no partial file stays."""
+    env = {**_cluster_file(tmp_path, slurm, "one_job.yaml", jobs=1), "DAGSTER_HOME": str(tmp_path),
+           "FLY64_PHASE_C_ROOT": study_paths.phase_c_root, "FLY64_PHASE_D_ROOT": study_paths.phase_d_root,
+           "FLY64_ARTIFACT_ROOT": study_paths.artifact_root}
+    artifact_root, log_path = Path(study_paths.artifact_root), tmp_path / "fly64_run.log"
+    process = _start_fly64_run(env, log_path, CANCEL_EPOCHS)
+    try:
+        interrupted = _wait_for_epoch(process, artifact_root, 2, log_path)
+        (cancelled,) = slurm.jobs()
+        slurm.command("scancel", cancelled)
+        cancelled_at = time.monotonic()
+        returncode, output = _finish(process, log_path)
+    finally:
+        process.kill()
+    print(f"run with its only job cancelled: done {time.monotonic() - cancelled_at:.0f} s after the scancel")
+    assert returncode == 0, output[-4000:]
+    records = _records(artifact_root)
+    assert sorted(records) == ["dose_1000/dense/test", "dose_1000/dense/train"]
+    assert all(r["status"] == "succeeded" and r["options"]["epochs"] == CANCEL_EPOCHS for r in records.values())
+    again = records[str(interrupted.relative_to(artifact_root))]["worker"]["batch_job"]["id"]
+    assert again != cancelled, "the interrupted partition ran again in a new job"
+    assert list(artifact_root.rglob(f"*{PARTIAL_SUFFIX}")) == []
+    _squeue_empty_within(slurm, SQUEUE_EMPTY_WITHIN_S)
+
+
+@pytest.mark.timeout(180)
+def test_jobs_that_never_start_fail_the_run_in_one_line_with_slurms_reason(slurm, study_paths, tmp_path):
+    """A held job (``sbatch --hold``): after the file's ``worker_start_timeout`` the run fails, in one line naming
+    the queue and Slurm's pending reason, and its job is cancelled."""
+    env = {**_cluster_file(tmp_path, slurm, "held.yaml", jobs=1, worker_start_timeout=NEVER_START_TIMEOUT_S,
+                           job_extra_directives=["--hold"]),
+           "DAGSTER_HOME": str(tmp_path), "FLY64_PHASE_C_ROOT": study_paths.phase_c_root,
+           "FLY64_PHASE_D_ROOT": study_paths.phase_d_root, "FLY64_ARTIFACT_ROOT": study_paths.artifact_root}
+    log_path = tmp_path / "fly64_run.log"
+    started = time.monotonic()
+    returncode, output = _finish(_start_fly64_run(env, log_path, 2, "--split", "train"), log_path)
+    seconds = time.monotonic() - started
+    print(f"a run whose job is held failed after {seconds:.0f} s (worker_start_timeout {NEVER_START_TIMEOUT_S} s)")
+    assert returncode != 0
+    (line,) = [line for line in output.splitlines() if "worker_start_timeout" in line]
+    assert f"no dask worker for {NEVER_START_TIMEOUT_S} s" in line and f"queue {slurm.partition} (JobHeldUser)" in line, output
+    assert NEVER_START_TIMEOUT_S <= seconds < NEVER_START_TIMEOUT_S + 60
+    _squeue_empty_within(slurm, SQUEUE_EMPTY_WITHIN_S)

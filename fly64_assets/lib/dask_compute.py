@@ -33,6 +33,7 @@ import importlib
 import itertools
 import logging
 import signal
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -50,6 +51,14 @@ SUBMIT_TIMEOUT_S = 120.0
 """How long a cluster file's jobs may take to be submitted (``sbatch`` returning) before the run goes on waiting."""
 TASK_RETRIES = 1
 """A task whose worker died (killed, out of memory) runs once more on another worker."""
+WORKER_START_TIMEOUT_S = 180.0
+"""A cluster file's default ``worker_start_timeout``: how long a run waits with no worker (its jobs pending:
+held, no free node, an inactive queue) before it fails."""
+JOB_CHECK_S = 2.0
+"""How often a run waiting on a cluster file's jobs checks that it still has them."""
+LIFETIME_MARGIN_S = 120.0
+"""A batch job's workers leave this long before its walltime (at most half of it): the job's start, the
+worker's imports and the batch system's own check interval (Slurm's: 30 s) fit in it."""
 CANDIDATE_PRIORITY = 1
 """Above the partitions' 0: a partition waiting on its candidates is served before the next partition starts."""
 
@@ -106,10 +115,20 @@ def _batch_job_security(folder: Path):
 
 @contextlib.contextmanager
 def cluster_from_file(path: Path, job_folder: Path) -> Iterator:
+    """The dask-jobqueue cluster of ``batch_cluster``, without its job keeper."""
+    with batch_cluster(path, job_folder) as (cluster, _):
+        yield cluster
+
+
+@contextlib.contextmanager
+def batch_cluster(path: Path, job_folder: Path) -> Iterator[tuple]:
     """A dask-jobqueue cluster from a YAML file with one entry, e.g. ``slurm: {cores: 8, memory: 64GB,
     job_extra_directives: ["--gres=gpu:1"], jobs: 2}`` (``jobs``: how many batch jobs to start; the other keys
     are the cluster class's arguments; ``processes`` defaults to ``cores``: single-threaded workers), started,
-    then closed (its jobs cancelled).
+    then closed (its jobs cancelled); with the ``JobKeeper`` that a run waiting on it calls. ``worker_start_timeout``
+    (seconds, default ``WORKER_START_TIMEOUT_S``): how long the run may have no worker before it fails. With a
+    ``walltime``, the workers leave ``LIFETIME_MARGIN_S`` before it (dask's ``--lifetime``), so that their tasks
+    go to a fresh job instead of being killed.
 
     ``job_folder`` (on the shared filesystem) takes the jobs' logs, unless the file sets ``log_directory``, and,
     while the cluster runs, the workers' TLS credentials: every connection is TLS with credentials made for this
@@ -128,10 +147,14 @@ def cluster_from_file(path: Path, job_folder: Path) -> Iterator:
     if options.pop("security", True) is not True:
         raise ValueError(f"cluster file {path}: security must be true (TLS with credentials made per cluster) or left out")
     jobs = int(options.pop("jobs", 1))
+    start_timeout_s = float(options.pop("worker_start_timeout", WORKER_START_TIMEOUT_S))
+    if start_timeout_s <= 0:
+        raise ValueError(f"cluster file {path}: worker_start_timeout must be a positive number of seconds")
     options.setdefault("processes", options.get("cores", 1))  # one single-threaded worker per core: a task at a time
     options.setdefault("log_directory", str(job_folder))
     # Workers preload torch and pty-chi; no worker dashboard (plain HTTP on the node's network).
-    options["worker_extra_args"] = [*(options.get("worker_extra_args") or []), "--preload", __name__, "--no-dashboard"]
+    options["worker_extra_args"] = [*(options.get("worker_extra_args") or []), "--preload", __name__, "--no-dashboard",
+                                    *_lifetime_args(options, path)]
     # The scheduler must listen where the batch jobs' workers reach it; its dashboard need not: this machine only.
     options["scheduler_options"] = {"dashboard_address": f"{LOOPBACK}:0", **(options.get("scheduler_options") or {})}
     try:
@@ -145,9 +168,40 @@ def cluster_from_file(path: Path, job_folder: Path) -> Iterator:
         try:
             cluster.scale(jobs=jobs)
             _check_submitted(cluster, jobs, path)
-            yield cluster
+            yield cluster, JobKeeper(cluster, jobs, path, start_timeout_s, kind)
         finally:
             cluster.close()
+
+
+def _lifetime_args(options: dict, path: Path) -> list[str]:
+    """dask's ``--lifetime`` for the workers of a job with a ``walltime`` (unless the file sets one): they leave
+    before the batch system kills the job, their running task goes to another worker without counting as a
+    failure, and the ``JobKeeper`` asks for a fresh job. Not ``--lifetime-restart``: the job itself ends."""
+    walltime = options.get("walltime")
+    if not walltime or "--lifetime" in (options.get("worker_extra_args") or []):
+        return []
+    seconds = _walltime_s(str(walltime), path)
+    return ["--lifetime", f"{seconds - min(LIFETIME_MARGIN_S, seconds / 2):.0f}s"]
+
+
+def _walltime_s(walltime: str, path: Path) -> float:
+    """Slurm's forms (``minutes``, ``minutes:seconds``, ``hours:minutes:seconds``, ``days-hours[:minutes[:seconds]]``;
+    PBS's ``hours:minutes:seconds`` among them) in seconds."""
+    days, dash, clock = walltime.strip().rpartition("-")
+    try:
+        parts = [float(part) for part in clock.split(":")]
+        if len(parts) > 3:
+            raise ValueError
+        if dash:
+            hours, minutes, seconds = [*parts, 0.0, 0.0][:3]
+        else:
+            hours, minutes, seconds = {1: [0.0, parts[0], 0.0], 2: [0.0, *parts], 3: parts}[len(parts)]
+        total = 86400 * float(days or 0) + 3600 * hours + 60 * minutes + seconds
+    except ValueError:
+        raise ValueError(f"cluster file {path}: walltime {walltime!r} is not [days-]hours:minutes:seconds") from None
+    if total <= 0:
+        raise ValueError(f"cluster file {path}: walltime {walltime!r} is not positive")
+    return total
 
 
 def _check_submitted(cluster, jobs: int, path: Path) -> None:
@@ -165,6 +219,80 @@ def _check_submitted(cluster, jobs: int, path: Path) -> None:
         raise RuntimeError(f"cluster file {path}: the batch system accepted none of its {jobs} job(s); "
                            f"{cluster.job_cls.submit_command}'s error is in this run's log (e.g. a queue or account "
                            "that does not exist)")
+
+
+class JobKeeper:
+    """What a run waiting on a batch cluster's workers checks (``check``, every poll): a job whose workers all left
+    (cancelled, preempted, its walltime reached) is replaced, so the run keeps ``jobs`` jobs (dask-jobqueue's
+    ``scale`` alone does not notice); a run that has had no worker for ``start_timeout_s`` (its jobs held, no free
+    node, an inactive queue) fails in one line with the batch system's pending reason, instead of waiting forever.
+
+    A job counts as gone when none of its workers was connected for dask's ``lost-worker-timeout`` (the rule dask
+    itself applies to a lost worker's job)."""
+
+    def __init__(self, cluster, jobs: int, path: Path, start_timeout_s: float, kind: str) -> None:
+        import dask
+
+        self.cluster, self.jobs, self.path, self.start_timeout_s, self.kind = cluster, jobs, path, start_timeout_s, kind
+        self.lost_after_s = float(dask.utils.parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout")))
+        self._seen: set[str] = set()  # jobs whose workers have connected
+        self._asked: set[str] = set()  # jobs asked for again, not yet submitted
+        self._left: dict[str, float] = {}  # those jobs with no worker now: since when
+        self._no_worker_since = self._checked = time.monotonic()
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < JOB_CHECK_S:
+            return
+        self._checked = now
+        connected = {str(info.get("name")) for info in self.cluster.scheduler_info.get("workers", {}).values()}
+        if connected:
+            self._no_worker_since = now
+        for name in list(self.cluster.worker_spec):
+            if name not in self.cluster.workers:  # dask closed it (its single worker was lost), or it is asked for
+                if name not in self._asked:
+                    self._replace(name)
+                continue
+            self._asked.discard(name)
+            if any(worker == str(name) or worker.startswith(f"{name}-") for worker in connected):
+                self._seen.add(name)
+                self._left.pop(name, None)
+            elif name in self._seen and now - self._left.setdefault(name, now) >= self.lost_after_s:
+                self._replace(name)  # a job of several workers, all lost: dask does not notice
+        if now - self._no_worker_since >= self.start_timeout_s:
+            raise RuntimeError(self._never_started())
+
+    def _replace(self, name) -> None:
+        logger.warning("cluster file %s: a batch job has no worker left (cancelled, preempted or at its walltime): "
+                       "asking for a new one", self.path)
+        self._seen.discard(name)
+        self._left.pop(name, None)
+        self._asked.add(name)
+        self.cluster.sync(self._forget, name)
+        self.cluster.scale(jobs=self.jobs)  # submits a job for each name in the plan that has none
+
+    async def _forget(self, name) -> None:
+        job = self.cluster.workers.pop(name, None)
+        if job is not None:
+            await job.close()  # cancels it, if the batch system still has it
+
+    def _never_started(self) -> str:
+        ids = [job.job_id for job in self.cluster.workers.values() if getattr(job, "job_id", None)]
+        waited = f"cluster file {self.path}: no dask worker for {self.start_timeout_s:.0f} s (worker_start_timeout)"
+        if self.kind != "slurm" or not ids:
+            return f"{waited}: its {self.kind} job(s) {', '.join(ids) or '(none submitted)'} have not started; cancelled"
+        return f"{waited}: its Slurm job(s) {', '.join(ids)} have not started: {_slurm_pending(ids)}; cancelled"
+
+
+def _slurm_pending(ids: list[str]) -> str:
+    """Where and why Slurm keeps the jobs waiting, e.g. ``queue debug (JobHeldUser)``."""
+    try:
+        done = subprocess.run(["squeue", "--noheader", "--jobs", ",".join(ids), "--format=%P (%r)"], capture_output=True,
+                              text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError) as error:
+        return f"squeue did not say why ({error})"
+    reasons = sorted(set(done.stdout.split("\n")) - {""})
+    return "; ".join(f"queue {reason}" for reason in reasons) or "squeue no longer lists them"
 
 
 class InlineDispatch:
@@ -281,10 +409,11 @@ def run_on_worker(request: PartitionRequest, channel: RunChannel) -> PartitionOu
 
 
 class ClusterDispatch:
-    """Every partition a task on ``client``'s cluster, all submitted at once; outcomes as they finish."""
+    """Every partition a task on ``client``'s cluster, all submitted at once; outcomes as they finish. ``watch``,
+    called at every poll while it waits, may raise to end the run (a batch cluster's ``JobKeeper.check``)."""
 
-    def __init__(self, client, channel: RunChannel, cpu_threads: int | None) -> None:
-        self.client, self.channel, self.cpu_threads = client, channel, cpu_threads
+    def __init__(self, client, channel: RunChannel, cpu_threads: int | None, watch: Callable[[], None] | None = None) -> None:
+        self.client, self.channel, self.cpu_threads, self.watch = client, channel, cpu_threads, watch
         self._futures: list = []
 
     def run(self, requests: Iterable[PartitionRequest], on_epoch: EpochReport) -> Iterator[PartitionOutcome]:
@@ -313,6 +442,8 @@ class ClusterDispatch:
                 yield self._outcome(future, keys[future.key])
             if finished.is_empty():
                 break
+            if self.watch:
+                self.watch()
             if not ready:
                 time.sleep(POLL_S)
         for key, epoch, loss in progress.get(batch=True):  # the last epochs of the last partition
@@ -348,15 +479,17 @@ def cluster_dispatch(
     from distributed import Client
 
     with contextlib.ExitStack() as stack:
+        watch = None
         if scheduler:
             cluster = None
         elif cluster_file:
-            cluster = stack.enter_context(cluster_from_file(Path(cluster_file), job_folder))
+            cluster, keeper = stack.enter_context(batch_cluster(Path(cluster_file), job_folder))
+            watch = keeper.check
         else:
             cluster = local_cluster(local_workers, gpus)
             stack.callback(cluster.close)
         with Client(scheduler or cluster, security=security, set_as_default=False) as client:
-            dispatch = ClusterDispatch(client, RunChannel(run_id, lease_timeout_s), cpu_threads)
+            dispatch = ClusterDispatch(client, RunChannel(run_id, lease_timeout_s), cpu_threads, watch)
             try:
                 yield dispatch
             finally:
