@@ -4,6 +4,9 @@ input changed since is refused in one line."""
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 import pytest
 from dagster import instance_for_test
@@ -42,7 +45,10 @@ def test_a_repeat_from_the_record_is_bitwise_the_original(original, tmp_path, ca
     printed = capsys.readouterr().out
     assert "identical to the original, bit for bit" in printed
     first = _arrays(original.parent / RECONSTRUCTION_FILE)
-    again = _arrays(out / "dose_1000" / "baseline" / "test" / RECONSTRUCTION_FILE)
+    repeated = out / "dose_1000" / "baseline" / "test"
+    again = _arrays(repeated / RECONSTRUCTION_FILE)
+    worker = json.loads((repeated / RECONSTRUCTION_RECORD).read_text())["worker"]
+    assert (worker["pid"] == os.getpid()) == (workers == 0)  # where it says it ran: this process, or a dask worker
     for name, array in first.items():
         assert array.tobytes() == again[name].tobytes(), name
     assert (out / "dagster_home").is_dir()  # the repeat's own instance: the study's UI keeps the original
