@@ -227,21 +227,15 @@ def ensure_dagster_home() -> Path:
     return home
 
 
-def _environment_compute(workers: int | None) -> StudyCompute:
-    """The environment's choice of where partitions go, ``--workers`` overriding a local cluster's size."""
-    compute = StudyCompute.from_env()
-    if workers is None:
-        return compute
-    if workers < 0:
-        raise UsageError(f"--workers must be 0 or more, not {workers}")
-    # a new resource, not model_copy: Dagster builds a resource from the values it was constructed with
-    fields = {name: getattr(compute, name) for name in StudyCompute.model_fields}
-    return StudyCompute(**{**fields, "workers": workers})
-
-
 def _compute(args) -> StudyCompute:
-    """Where the run's partitions go (``_environment_compute``), checked against the run's roots."""
-    compute = _environment_compute(args.workers)
+    """Where the run's partitions go: the environment's choice, ``--workers`` overriding a local cluster's size."""
+    compute = StudyCompute.from_env()
+    if args.workers is not None:
+        if args.workers < 0:
+            raise UsageError(f"--workers must be 0 or more, not {args.workers}")
+        # a new resource, not model_copy: Dagster builds a resource from the values it was constructed with
+        fields = {name: getattr(compute, name) for name in StudyCompute.model_fields}
+        compute = StudyCompute(**{**fields, "workers": args.workers})
     problems = compute.configuration_errors(_paths(args).folders())
     if problems:
         raise UsageError("\n".join(problems))
@@ -280,7 +274,8 @@ def cmd_ui(args) -> int:
     """``make ui``: one warm dask cluster on this machine and ``dagster dev`` beside it, every run sending its
     partitions to that cluster (so a backfill's runs, automation runs and a clicked partition share the same
     workers and never oversubscribe the GPU). Ctrl-C stops both. With FLY64_DASK_SCHEDULER set, that running
-    scheduler is used instead and no cluster is started.
+    scheduler is used instead and no cluster is started; with FLY64_DASK_CLUSTER_FILE set, the cluster is that
+    file's batch-system cluster, its jobs coming and going with the work (``_batch_cluster``).
 
     The cluster speaks TLS only (a scheduler runs any client's code): the runs, processes of ``dagster dev``, get
     its client credentials as files in a private temporary folder (FLY64_DASK_SECURITY), removed when this stops."""
@@ -288,7 +283,7 @@ def cmd_ui(args) -> int:
     import subprocess
 
     from fly64_assets.defs.compute import (
-        DASK_SCHEDULER_ENV, DASK_SECURITY_ENV, StudyCompute, gpu_count, ui_cluster_workers,
+        DASK_CLUSTER_FILE_ENV, DASK_SCHEDULER_ENV, DASK_SECURITY_ENV, StudyCompute, gpu_count, ui_cluster_workers,
     )
     from fly64_assets.lib.dask_compute import local_cluster
     from fly64_assets.lib.dask_security import private_credentials, temporary_security
@@ -319,6 +314,10 @@ def cmd_ui(args) -> int:
             raise UsageError("\n".join(problems))
         print(f"fly64 ui: every run sends its partitions to the running dask scheduler at {existing}")
         return serve(dict(os.environ))
+    if os.environ.get(DASK_CLUSTER_FILE_ENV, "").strip():
+        with _batch_cluster() as (address, credentials):
+            environ = {key: value for key, value in os.environ.items() if key != DASK_CLUSTER_FILE_ENV}
+            return serve({**environ, DASK_SCHEDULER_ENV: address, DASK_SECURITY_ENV: str(credentials)})
     gpus = gpu_count()
     workers = args.workers if args.workers is not None else ui_cluster_workers(gpus)
     if workers < 1:
@@ -330,6 +329,38 @@ def cmd_ui(args) -> int:
               f"{credentials}", flush=True)
         return serve({**os.environ, DASK_SCHEDULER_ENV: cluster.scheduler_address,
                       DASK_SECURITY_ENV: str(credentials)})
+
+
+@contextlib.contextmanager
+def _batch_cluster():
+    """``fly64 ui``'s cluster from FLY64_DASK_CLUSTER_FILE, shared by every run: no batch job while nothing runs,
+    jobs submitted while partitions wait or run (at most the file's ``jobs``), each ending once idle for the file's
+    ``idle_timeout``. Yields the scheduler's address and the folder of its client credentials (owner-only)."""
+    from datetime import datetime, timezone
+
+    from fly64_assets.defs.compute import CLUSTER_JOBS_FOLDER
+    from fly64_assets.lib.dask_compute import cluster_from_file, idle_timeout_s, read_cluster_file
+    from fly64_assets.lib.dask_security import private_credentials
+
+    compute = StudyCompute.from_env()
+    paths = StudyPaths.from_env()
+    problems = compute.configuration_errors(paths.folders())  # checked here: the runs see only a scheduler
+    try:
+        kind, options = read_cluster_file(Path(compute.cluster_file))
+        idle_s = idle_timeout_s(options, compute.cluster_file)
+    except ValueError as error:
+        problems.append(str(error))
+    if problems:
+        raise UsageError("\n".join(problems))
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    job_folder = Path(paths.artifact_root) / CLUSTER_JOBS_FOLDER / f"fly64-ui-{stamp}"
+    with cluster_from_file(Path(compute.cluster_file), job_folder, adaptive=True) as cluster, \
+            private_credentials(cluster.security) as credentials:
+        print(f"fly64 ui: the {kind} cluster of {compute.cluster_file}: no job until a run sends partitions, then up "
+              f"to {options.get('jobs', 1)} job(s), each ending after {idle_s:g} s idle, logs in {job_folder}; "
+              f"scheduler {cluster.scheduler_address}, dashboard {cluster.dashboard_link}, client TLS credentials "
+              f"{credentials}", flush=True)
+        yield cluster.scheduler_address, credentials
 
 
 def cmd_report(args) -> int:
@@ -400,7 +431,9 @@ def cmd_repeat(args) -> int:
         raise UsageError(str(error)) from error
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     artifact_root = (args.artifact_root or plan.default_artifact_root(stamp)).resolve()
-    compute = _environment_compute(args.workers)
+    compute = StudyCompute.from_env()
+    if args.workers is not None:
+        compute = compute.model_copy(update={"workers": args.workers})
     print(f"repeating {plan.dataset.partition_key} from {plan.record_path}: its input unchanged (SHA-256), "
           f"{plan.options.epochs} epochs, regularization {plan.options.regularization.value}, seed "
           f"{plan.options.random_seed}, CPU threads {plan.cpu_threads}; into {artifact_root}")
@@ -437,7 +470,7 @@ def _quiet_library_warnings() -> None:
     warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
 
 
-RUNS_DAGSTER = {"run", "report", "study", "repeat"}
+RUNS_DAGSTER = {"run", "report", "study"}
 """The commands that execute Dagster runs in this process: Ctrl-C stops them in order (lib/interrupts.py)."""
 
 

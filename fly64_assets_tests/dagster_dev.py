@@ -178,15 +178,17 @@ class StudyUI(DagsterDev):
     def command(self) -> list[str]:
         return [self.executable("fly64"), "ui", "--port", str(self.port)]
 
+    def first_line(self) -> str:
+        """What ``fly64 ui`` says first about its cluster (a library's warning may come before it)."""
+        return next(line for line in self.log_path.read_text().splitlines() if line.startswith("fly64 ui: "))
+
     def scheduler_address(self) -> str:
         """The cluster's scheduler, as ``fly64 ui`` prints it first."""
-        first = self.log_path.read_text().splitlines()[0]
-        return first.split("scheduler ", 1)[1].split(",", 1)[0]
+        return self.first_line().split("scheduler ", 1)[1].split(",", 1)[0]
 
     def credentials(self) -> Path:
         """The folder of the cluster's client TLS credentials, as ``fly64 ui`` prints it on its first line."""
-        first = self.log_path.read_text().splitlines()[0]
-        return Path(first.split("client TLS credentials ", 1)[1].strip())
+        return Path(self.first_line().split("client TLS credentials ", 1)[1].strip())
 
 
 class SeparateServices(DagsterDev):

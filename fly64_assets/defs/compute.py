@@ -10,7 +10,8 @@ loads:
   ``tls://`` address with ``FLY64_DASK_SECURITY``, the folder of the credentials it asks of a client (plain TCP lets
   whoever reaches the port run code as the study's owner: refused, except on loopback where the deployment says
   ``FLY64_DASK_ALLOW_PLAIN_LOOPBACK=1``);
-* ``FLY64_DASK_CLUSTER_FILE``: a YAML file describing a dask-jobqueue cluster (Slurm, PBS, ...) each run starts;
+* ``FLY64_DASK_CLUSTER_FILE``: a YAML file describing a dask-jobqueue cluster (Slurm, PBS, ...) each run starts
+  (``fly64 ui`` instead starts it once, adaptive, and hands its runs the scheduler);
 * otherwise a local cluster per run, sized to the machine (``FLY64_DASK_WORKERS``): ``workers_per_gpu``
   single-threaded workers per GPU; on a CPU-only machine none (the partitions run in the step's process, which
   measured fastest there: docs/PERFORMANCE.md).

@@ -32,6 +32,7 @@ import copy
 import importlib
 import itertools
 import logging
+import math
 import signal
 import subprocess
 import tempfile
@@ -67,6 +68,13 @@ JOBQUEUE_CLUSTERS = {
     "htcondor": "HTCondorCluster", "moab": "MoabCluster",
 }
 """The batch systems a cluster file may name (dask-jobqueue's classes)."""
+IDLE_TIMEOUT_S = 300.0
+"""Under ``fly64 ui``: how long a batch job's workers may sit idle before the job ends (a cluster file's
+``idle_timeout`` sets another)."""
+ADAPT_INTERVAL_S = 1.0
+ADAPT_TARGET_DURATION_S = 0.01
+"""Below any partition's expected duration: adaptive scaling asks for one worker per waiting or running partition
+task (up to the file's ``jobs``), never fewer while they run, so no busy worker is retired."""
 
 EpochReport = Callable[[str, int, float], None]
 logger = logging.getLogger(__name__)
@@ -113,26 +121,8 @@ def _batch_job_security(folder: Path):
     return security
 
 
-@contextlib.contextmanager
-def cluster_from_file(path: Path, job_folder: Path) -> Iterator:
-    """The dask-jobqueue cluster of ``batch_cluster``, without its job keeper."""
-    with batch_cluster(path, job_folder) as (cluster, _):
-        yield cluster
-
-
-@contextlib.contextmanager
-def batch_cluster(path: Path, job_folder: Path) -> Iterator[tuple]:
-    """A dask-jobqueue cluster from a YAML file with one entry, e.g. ``slurm: {cores: 8, memory: 64GB,
-    job_extra_directives: ["--gres=gpu:1"], jobs: 2}`` (``jobs``: how many batch jobs to start; the other keys
-    are the cluster class's arguments; ``processes`` defaults to ``cores``: single-threaded workers), started,
-    then closed (its jobs cancelled); with the ``JobKeeper`` that a run waiting on it calls. ``worker_start_timeout``
-    (seconds, default ``WORKER_START_TIMEOUT_S``): how long the run may have no worker before it fails. With a
-    ``walltime``, the workers leave ``LIFETIME_MARGIN_S`` before it (dask's ``--lifetime``), so that their tasks
-    go to a fresh job instead of being killed.
-
-    ``job_folder`` (on the shared filesystem) takes the jobs' logs, unless the file sets ``log_directory``, and,
-    while the cluster runs, the workers' TLS credentials: every connection is TLS with credentials made for this
-    cluster (what jobqueue's ``security=True`` does, with files the owner's alone)."""
+def read_cluster_file(path: Path) -> tuple[str, dict]:
+    """A cluster file's batch system (``slurm``, ...) and its options; ``ValueError`` saying what is wrong."""
     import yaml
 
     try:
@@ -143,13 +133,55 @@ def batch_cluster(path: Path, job_folder: Path) -> Iterator[tuple]:
         found = sorted(document) if isinstance(document, dict) else type(document).__name__
         raise ValueError(f"cluster file {path}: expected exactly one of {sorted(JOBQUEUE_CLUSTERS)} at the top level, found {found}")
     ((kind, options),) = document.items()
-    options = dict(options or {})
+    return kind, dict(options or {})
+
+
+def idle_timeout_s(options: dict, path: Path) -> float:
+    """Removes the ``idle_timeout`` of cluster file ``path`` from its ``options``: seconds, or a dask time such as
+    ``"5 minutes"`` (default ``IDLE_TIMEOUT_S``). Only ``fly64 ui``'s adaptive cluster uses it."""
+    from dask.utils import parse_timedelta
+
+    value = options.pop("idle_timeout", IDLE_TIMEOUT_S)
+    try:
+        seconds = parse_timedelta(value, default="seconds")
+    except (KeyError, ValueError, TypeError):
+        seconds = None
+    if seconds is None or seconds <= 0:
+        raise ValueError(f"cluster file {path}: idle_timeout {value!r} is not a time (seconds, or e.g. '5 minutes')")
+    return seconds
+
+
+@contextlib.contextmanager
+def cluster_from_file(path: Path, job_folder: Path, adaptive: bool = False) -> Iterator:
+    """The dask-jobqueue cluster of ``batch_cluster``, without its job keeper."""
+    with batch_cluster(path, job_folder, adaptive) as (cluster, _):
+        yield cluster
+
+
+@contextlib.contextmanager
+def batch_cluster(path: Path, job_folder: Path, adaptive: bool = False) -> Iterator[tuple]:
+    """A dask-jobqueue cluster from a YAML file with one entry, e.g. ``slurm: {cores: 8, memory: 64GB,
+    job_extra_directives: ["--gres=gpu:1"], jobs: 2}`` (``jobs``: how many batch jobs to start; the other keys
+    are the cluster class's arguments; ``processes`` defaults to ``cores``: single-threaded workers), started,
+    then closed (its jobs cancelled); with the ``JobKeeper`` that a run waiting on it calls. ``worker_start_timeout``
+    (seconds, default ``WORKER_START_TIMEOUT_S``): how long the run may have no worker before it fails. With a
+    ``walltime``, the workers leave ``LIFETIME_MARGIN_S`` before it (dask's ``--lifetime``), so that their tasks
+    go to a fresh job instead of being killed.
+
+    ``job_folder`` (on the shared filesystem) takes the jobs' logs, unless the file sets ``log_directory``, and,
+    while the cluster runs, the workers' TLS credentials: every connection is TLS with credentials made for this
+    cluster (what jobqueue's ``security=True`` does, with files the owner's alone).
+
+    ``adaptive`` (``fly64 ui``): no job at first; ``adapt_to_demand`` between 0 and ``jobs`` jobs, each ending after
+    the file's ``idle_timeout`` (seconds, or a dask time such as ``"5 minutes"``; default ``IDLE_TIMEOUT_S``)."""
+    kind, options = read_cluster_file(path)
     if options.pop("security", True) is not True:
         raise ValueError(f"cluster file {path}: security must be true (TLS with credentials made per cluster) or left out")
-    jobs = int(options.pop("jobs", 1))
+    jobs = int(options.pop("jobs", 1))  # under fly64 ui: the most at once
     start_timeout_s = float(options.pop("worker_start_timeout", WORKER_START_TIMEOUT_S))
     if start_timeout_s <= 0:
         raise ValueError(f"cluster file {path}: worker_start_timeout must be a positive number of seconds")
+    idle_s = idle_timeout_s(options, path)
     options.setdefault("processes", options.get("cores", 1))  # one single-threaded worker per core: a task at a time
     options.setdefault("log_directory", str(job_folder))
     # Workers preload torch and pty-chi; no worker dashboard (plain HTTP on the node's network).
@@ -166,11 +198,22 @@ def batch_cluster(path: Path, job_folder: Path) -> Iterator[tuple]:
         security = _batch_job_security(Path(private) / "worker")
         cluster = getattr(jobqueue, JOBQUEUE_CLUSTERS[kind])(**options, security=security)
         try:
-            cluster.scale(jobs=jobs)
-            _check_submitted(cluster, jobs, path)
+            if adaptive:
+                adapt_to_demand(cluster, jobs, idle_s)
+            else:
+                cluster.scale(jobs=jobs)
+                _check_submitted(cluster, jobs, path)
             yield cluster, JobKeeper(cluster, jobs, path, start_timeout_s, kind)
         finally:
             cluster.close()
+
+
+def adapt_to_demand(cluster, maximum_jobs: int, idle_s: float) -> None:
+    """Let ``cluster`` (dask-jobqueue) submit jobs while partition tasks wait or run, up to ``maximum_jobs``, and end
+    a job once its workers have been idle ``idle_s``: dask's ``Adaptive`` checks every ``ADAPT_INTERVAL_S`` and
+    retires a worker it found idle that many checks in a row (``wait_count``)."""
+    cluster.adapt(minimum_jobs=0, maximum_jobs=maximum_jobs, interval=f"{ADAPT_INTERVAL_S}s",
+                  wait_count=max(1, math.ceil(idle_s / ADAPT_INTERVAL_S)), target_duration=f"{ADAPT_TARGET_DURATION_S}s")
 
 
 def _lifetime_args(options: dict, path: Path) -> list[str]:
