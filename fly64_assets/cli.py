@@ -227,15 +227,21 @@ def ensure_dagster_home() -> Path:
     return home
 
 
-def _compute(args) -> StudyCompute:
-    """Where the run's partitions go: the environment's choice, ``--workers`` overriding a local cluster's size."""
+def _environment_compute(workers: int | None) -> StudyCompute:
+    """The environment's choice of where partitions go, ``--workers`` overriding a local cluster's size."""
     compute = StudyCompute.from_env()
-    if args.workers is not None:
-        if args.workers < 0:
-            raise UsageError(f"--workers must be 0 or more, not {args.workers}")
-        # a new resource, not model_copy: Dagster builds a resource from the values it was constructed with
-        fields = {name: getattr(compute, name) for name in StudyCompute.model_fields}
-        compute = StudyCompute(**{**fields, "workers": args.workers})
+    if workers is None:
+        return compute
+    if workers < 0:
+        raise UsageError(f"--workers must be 0 or more, not {workers}")
+    # a new resource, not model_copy: Dagster builds a resource from the values it was constructed with
+    fields = {name: getattr(compute, name) for name in StudyCompute.model_fields}
+    return StudyCompute(**{**fields, "workers": workers})
+
+
+def _compute(args) -> StudyCompute:
+    """Where the run's partitions go (``_environment_compute``), checked against the run's roots."""
+    compute = _environment_compute(args.workers)
     problems = compute.configuration_errors(_paths(args).folders())
     if problems:
         raise UsageError("\n".join(problems))
@@ -431,9 +437,7 @@ def cmd_repeat(args) -> int:
         raise UsageError(str(error)) from error
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     artifact_root = (args.artifact_root or plan.default_artifact_root(stamp)).resolve()
-    compute = StudyCompute.from_env()
-    if args.workers is not None:
-        compute = compute.model_copy(update={"workers": args.workers})
+    compute = _environment_compute(args.workers)
     print(f"repeating {plan.dataset.partition_key} from {plan.record_path}: its input unchanged (SHA-256), "
           f"{plan.options.epochs} epochs, regularization {plan.options.regularization.value}, seed "
           f"{plan.options.random_seed}, CPU threads {plan.cpu_threads}; into {artifact_root}")
@@ -470,7 +474,7 @@ def _quiet_library_warnings() -> None:
     warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True to a scalar")
 
 
-RUNS_DAGSTER = {"run", "report", "study"}
+RUNS_DAGSTER = {"run", "report", "study", "repeat"}
 """The commands that execute Dagster runs in this process: Ctrl-C stops them in order (lib/interrupts.py)."""
 
 
