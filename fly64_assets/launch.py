@@ -196,15 +196,20 @@ def summarize(paths: StudyPaths, filters: dict, instance: DagsterInstance, progr
         raise Stopped("during the summaries", f"the reconstructions finished, their files whole; {NOT_SUMMARIZED}") from None
     if not outcome.success:
         raise RuntimeError(f"the summaries failed: {outcome.error}")
+    progress.message("writing the report")
+    report = write_report(paths, instance, "the reconstructions, the manifest and the skip summary are whole")
+    return {**outcome.values, REPORT_ASSET: report}
+
+
+def write_report(paths: StudyPaths, instance: DagsterInstance, whole: str) -> dict:
+    """Materialize the report (a run of its own); its value. Ctrl-C stops with ``whole``: what is whole before it."""
     try:
-        progress.message("writing the report")
-        report = execute(paths, REPORT_JOB, instance, outputs=(REPORT_ASSET,))
+        outcome = execute(paths, REPORT_JOB, instance, outputs=(REPORT_ASSET,))
     except (RunInterrupted, KeyboardInterrupt):
-        raise Stopped("during the report", "the reconstructions, the manifest and the skip summary are whole; no report "
-                      "was written (an earlier one stays as it was)") from None
-    if not report.success:
-        raise RuntimeError(f"the report failed: {report.error}")
-    return {**outcome.values, **report.values}
+        raise Stopped("during the report", f"{whole}; no report was written (an earlier one stays as it was)") from None
+    if not outcome.success:
+        raise RuntimeError(f"the report failed: {outcome.error}")
+    return outcome.values[REPORT_ASSET]
 
 
 def run_study(
@@ -240,14 +245,7 @@ def rescore(paths: StudyPaths, instance: DagsterInstance, progress: StudyProgres
     except (RunInterrupted, KeyboardInterrupt):
         raise Stopped("during the scoring", "each partition's score is whole, old or new; no report was written "
                       "(an earlier one stays as it was)") from None
-    try:
-        outcome = execute(paths, REPORT_JOB, instance, outputs=(REPORT_ASSET,))
-    except (RunInterrupted, KeyboardInterrupt):
-        raise Stopped("during the report", "the scores are whole; no report was written (an earlier one stays as "
-                      "it was)") from None
-    if not outcome.success:
-        raise RuntimeError(f"the report failed: {outcome.error}")
-    return outcome.values[REPORT_ASSET]
+    return write_report(paths, instance, "the scores are whole")
 
 
 REPEAT_INSTANCE = "dagster_home"
