@@ -13,8 +13,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from dagster import AssetKey, DagsterInstance
@@ -23,9 +25,12 @@ from fly64_assets.core.artifacts import PARTIAL_SUFFIX
 from fly64_assets.core.bookkeeping import RECONSTRUCTION_RECORD
 from fly64_assets.core.partition import worker_identity
 from fly64_assets.defs.compute import CLUSTER_JOBS_FOLDER, DASK_CLUSTER_FILE_ENV
+from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS
 from fly64_assets.lib.cluster_preflight import SHARED_ARTIFACT_ROOT_ENV, SHARED_INPUT_ROOTS_ENV
 from fly64_assets.lib.dask_compute import cluster_from_file
-from fly64_assets_tests.dagster_dev import DagsterDev, run_ui_backfill, study_environment
+from fly64_assets_tests.dagster_dev import (
+    TERMINATE_RUN, DagsterDev, launch_run, run_ui_backfill, study_environment, wait_for_run,
+)
 from fly64_assets_tests.support import REPO_ROOT, copy_study
 
 EPOCHS = 5
@@ -34,6 +39,13 @@ BACKFILL_TIMEOUT_S = 240
 SQUEUE_EMPTY_WITHIN_S = 15.0
 CANCEL_EPOCHS = 20
 NEVER_START_TIMEOUT_S = 20
+TERMINATE_WITHIN_S = 30.0
+LOST_WORKER_TIMEOUT_ENV, LOST_WORKER_TIMEOUT = "DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT", "3s"
+"""dask's wait before it counts a job without workers as gone (15 s by default): shorter, for quicker tests."""
+WALLTIME_EPOCHS = 80
+"""12-20 s a partition here: one fits in a 90-second job's worker lifetime (45 s from the worker's start, its
+imports first: 25-30 s left for tasks), four do not."""
+"""Terminate -> the step stops its tasks and closes the cluster (``scancel``); slurmd ends a job within seconds."""
 """``scancel`` returns before the jobs are gone: slurmd ends them (a running worker gets SIGTERM) within seconds."""
 
 
@@ -136,10 +148,12 @@ def _assert_materialized_in(dagster_home: str, jobs: dict[str, str], node: str) 
         assert workers[key].endswith(f", slurm job {job_id} on {node}"), workers
 
 
-@pytest.mark.timeout(420)
-def test_a_ui_backfill_reconstructs_its_partitions_in_slurm_jobs(slurm, synthetic_study, tmp_path):
+@pytest.mark.timeout(480)
+def test_a_ui_backfill_reconstructs_its_partitions_in_slurm_jobs_and_terminate_ends_a_runs_jobs(slurm, synthetic_study, tmp_path):
     """``dagster dev`` started on the login node with the cluster file; the UI's backfill of two partitions runs
-    (one run: the dose's single-run policy) through the daemon and sends them to the run's Slurm jobs."""
+    (one run: the dose's single-run policy) through the daemon and sends them to the run's Slurm jobs. Then
+    *Terminate* (the UI's request) of a run while it reconstructs: the run is CANCELED, its jobs leave ``squeue``
+    and no worker process of it is left, within ``TERMINATE_WITHIN_S``."""
     copy_study(synthetic_study, tmp_path / "inputs")
     (tmp_path / "dagster_home").mkdir()
     shutil.copy(REPO_ROOT / "dagster.yaml", tmp_path / "dagster_home")  # the shipped instance settings
@@ -149,15 +163,33 @@ def test_a_ui_backfill_reconstructs_its_partitions_in_slurm_jobs(slurm, syntheti
     try:
         server.start()
         _, backfill, seconds = run_ui_backfill(server, keys, BACKFILL_TIMEOUT_S, assets=["ptychi_reconstruction"])
+        print(f"UI backfill of {len(keys)} partitions on Slurm: {backfill['status']} in {seconds:.0f} s")
+        assert backfill["status"] == "COMPLETED_SUCCESS", backfill
+        artifact_root = tmp_path / "artifacts"
+        records = _records(artifact_root)
+        assert sorted(records) == ["dose_1000/dense/test", "dose_1000/dense/train"]
+        ran_in = _assert_ran_in_the_runs_slurm_jobs(slurm, artifact_root, records, None)
+        _assert_materialized_in(env["DAGSTER_HOME"], {key: ran_in[f"dose_1000/dense/{key.split('_')[1]}"] for key in keys}, slurm.node)
+        _assert_terminate_ends_the_runs_jobs(server, slurm, artifact_root, "10000|dense_train")
     finally:
         server.stop()
-    print(f"UI backfill of {len(keys)} partitions on Slurm: {backfill['status']} in {seconds:.0f} s")
-    assert backfill["status"] == "COMPLETED_SUCCESS", backfill
-    artifact_root = tmp_path / "artifacts"
-    records = _records(artifact_root)
-    assert sorted(records) == ["dose_1000/dense/test", "dose_1000/dense/train"]
-    ran_in = _assert_ran_in_the_runs_slurm_jobs(slurm, artifact_root, records, None)
-    _assert_materialized_in(env["DAGSTER_HOME"], {key: ran_in[f"dose_1000/dense/{key.split('_')[1]}"] for key in keys}, slurm.node)
+
+
+def _assert_terminate_ends_the_runs_jobs(server: DagsterDev, slurm, artifact_root: Path, key: str) -> None:
+    long_run = {"ops": {"ptychi_reconstruction": {"config": {"epochs": 100000, "regularization": "off"}}}}
+    run_id = launch_run(server, "reconstruct_study", dict(STUDY_PARTITIONS.get_tags_for_partition_key(key)), long_run)
+    _wait_for_partial_epoch(artifact_root, 2)
+    assert slurm.jobs() and _worker_processes(str(artifact_root))
+    terminated = server.graphql(TERMINATE_RUN, {"runId": run_id})["terminateRun"]
+    asked = time.monotonic()
+    assert terminated["__typename"] == "TerminateRunSuccess", terminated
+    status, _ = wait_for_run(server, run_id, timeout_s=TERMINATE_WITHIN_S)
+    canceled_s = time.monotonic() - asked
+    squeue_s = canceled_s + _squeue_empty_within(slurm, TERMINATE_WITHIN_S)
+    workers_s = squeue_s + _no_worker_process_within(str(artifact_root), TERMINATE_WITHIN_S)
+    print(f"Terminate on Slurm: run {status} after {canceled_s:.1f} s, squeue empty after {squeue_s:.1f} s, "
+          f"no worker process after {workers_s:.1f} s")
+    assert status == "CANCELED"
 
 
 @pytest.mark.timeout(300)
@@ -185,6 +217,7 @@ def test_a_killed_fly64_run_leaves_no_slurm_job_behind(slurm, slurm_study, study
         time.sleep(1)
     print(f"the killed run's Slurm jobs ended {time.monotonic() - killed:.0f} s after the kill")
     assert slurm.jobs() == [], slurm.command("squeue")
+    _no_worker_process_within(study_paths.artifact_root, SQUEUE_EMPTY_WITHIN_S)
     # Nobody deleted the workers' credentials, but only their owner can read them.
     (private,) = Path(study_paths.artifact_root).glob(f"{CLUSTER_JOBS_FOLDER}/*/.tls-*")
     modes = {str(path.relative_to(private)): path.stat().st_mode & 0o777 for path in [private, *private.rglob("*")]}
@@ -222,7 +255,7 @@ def _cluster_file(tmp_path: Path, slurm, name: str, **changes) -> dict:
     document["slurm"].update(changes)
     (tmp_path / name).write_text(yaml.safe_dump(document))
     return {**os.environ, **slurm.env, DASK_CLUSTER_FILE_ENV: str(tmp_path / name), SHARED_ARTIFACT_ROOT_ENV: "1",
-            SHARED_INPUT_ROOTS_ENV: "1"}
+            SHARED_INPUT_ROOTS_ENV: "1", LOST_WORKER_TIMEOUT_ENV: LOST_WORKER_TIMEOUT}
 
 
 def _start_fly64_run(env: dict, log_path: Path, epochs: int, *args: str) -> subprocess.Popen:
@@ -232,16 +265,21 @@ def _start_fly64_run(env: dict, log_path: Path, epochs: int, *args: str) -> subp
         return subprocess.Popen(command, env=env, cwd=log_path.parent, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _wait_for_epoch(process: subprocess.Popen, artifact_root: Path, epoch: int, log_path: Path) -> Path:
-    """The partition folder whose reconstruction (its log still a ``.partial`` file) reached ``epoch``."""
+def _wait_for_partial_epoch(artifact_root: Path, epoch: int, running: Callable[[], None] = lambda: None) -> Path:
+    """The partition folder whose reconstruction (its log still a ``.partial`` file) reached ``epoch``;
+    ``running`` asserts meanwhile that what should produce it still runs."""
     deadline = time.monotonic() + COMMAND_TIMEOUT_S
     while time.monotonic() < deadline:
-        assert process.poll() is None, log_path.read_text()[-3000:]
+        running()
         for partial in artifact_root.rglob(f".ptychi.log*{PARTIAL_SUFFIX}"):
             if f"epoch {epoch}/" in partial.read_text(errors="replace"):
                 return partial.parent
         time.sleep(0.3)
-    raise TimeoutError(f"no reconstruction reached epoch {epoch}: {log_path.read_text()[-3000:]}")
+    raise TimeoutError(f"no reconstruction reached epoch {epoch} under {artifact_root}")
+
+
+def _still_running(process: subprocess.Popen, log_path: Path) -> None:
+    assert process.poll() is None, log_path.read_text(errors="replace")[-3000:]
 
 
 def _finish(process: subprocess.Popen, log_path: Path) -> tuple[int, str]:
@@ -270,7 +308,7 @@ def test_a_cancelled_only_job_is_replaced_and_its_partition_runs_again_whole(slu
     artifact_root, log_path = Path(study_paths.artifact_root), tmp_path / "fly64_run.log"
     process = _start_fly64_run(env, log_path, CANCEL_EPOCHS)
     try:
-        interrupted = _wait_for_epoch(process, artifact_root, 2, log_path)
+        interrupted = _wait_for_partial_epoch(artifact_root, 2, lambda: _still_running(process, log_path))
         (cancelled,) = slurm.jobs()
         slurm.command("scancel", cancelled)
         cancelled_at = time.monotonic()
@@ -284,6 +322,29 @@ def test_a_cancelled_only_job_is_replaced_and_its_partition_runs_again_whole(slu
     assert all(r["status"] == "succeeded" and r["options"]["epochs"] == CANCEL_EPOCHS for r in records.values())
     again = records[str(interrupted.relative_to(artifact_root))]["worker"]["batch_job"]["id"]
     assert again != cancelled, "the interrupted partition ran again in a new job"
+    assert list(artifact_root.rglob(f"*{PARTIAL_SUFFIX}")) == []
+    _squeue_empty_within(slurm, SQUEUE_EMPTY_WITHIN_S)
+
+
+@pytest.mark.timeout(300)
+def test_a_job_at_its_walltime_hands_its_partition_to_a_fresh_job_before_slurm_kills_it(slurm, study_paths, tmp_path):
+    """A one-job cluster with a 90-second walltime: its worker leaves after its lifetime (45 s) instead of being
+    killed by Slurm, the partition it was reconstructing runs again, whole, in a fresh job."""
+    env = {**_cluster_file(tmp_path, slurm, "walltime.yaml", jobs=1, walltime="00:01:30"), "DAGSTER_HOME": str(tmp_path),
+           "FLY64_PHASE_C_ROOT": study_paths.phase_c_root, "FLY64_PHASE_D_ROOT": study_paths.phase_d_root,
+           "FLY64_ARTIFACT_ROOT": study_paths.artifact_root}
+    artifact_root, log_path = Path(study_paths.artifact_root), tmp_path / "fly64_run.log"
+    started = time.monotonic()
+    returncode, output = _finish(_start_fly64_run(env, log_path, WALLTIME_EPOCHS, "--dose", "10000"), log_path)
+    print(f"run of 4 partitions on 90-second jobs: {time.monotonic() - started:.0f} s")
+    assert returncode == 0, output[-4000:]
+    records = _records(artifact_root)
+    assert len(records) == 4 and all(r["status"] == "succeeded" and r["options"]["epochs"] == WALLTIME_EPOCHS for r in records.values())
+    jobs = sorted({r["worker"]["batch_job"]["id"] for r in records.values()}, key=int)
+    assert len(jobs) >= 2, records  # the partition cut short ran again in a fresh job
+    (job_folder,) = (artifact_root / CLUSTER_JOBS_FOLDER).iterdir()
+    first_job_log = (job_folder / f"dask-worker-{jobs[0]}.err").read_text()
+    assert "worker-lifetime-reached" in first_job_log and "TIME LIMIT" not in first_job_log, first_job_log[-3000:]
     assert list(artifact_root.rglob(f"*{PARTIAL_SUFFIX}")) == []
     _squeue_empty_within(slurm, SQUEUE_EMPTY_WITHIN_S)
 
@@ -306,3 +367,38 @@ def test_jobs_that_never_start_fail_the_run_in_one_line_with_slurms_reason(slurm
     assert f"no dask worker for {NEVER_START_TIMEOUT_S} s" in line and f"queue {slurm.partition} (JobHeldUser)" in line, output
     assert NEVER_START_TIMEOUT_S <= seconds < NEVER_START_TIMEOUT_S + 60
     _squeue_empty_within(slurm, SQUEUE_EMPTY_WITHIN_S)
+
+
+def _worker_processes(marker: str) -> list[psutil.Process]:
+    """The dask worker processes (in Slurm jobs, children of slurmd) whose command line names ``marker``."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if "distributed.cli.dask_worker" in cmdline and marker in cmdline:
+            found.append(process)
+    return found
+
+
+def _no_worker_process_within(marker: str, seconds: float) -> float:
+    """Seconds until no dask worker process naming ``marker`` is left (asserted: within ``seconds``)."""
+    started = time.monotonic()
+    while (left := _worker_processes(marker)) and time.monotonic() - started < seconds:
+        time.sleep(0.2)
+    assert left == [], [process.info["cmdline"] for process in left]
+    return time.monotonic() - started
+
+
+def test_a_jobs_walltime_sets_its_workers_lifetime_and_bad_timeouts_are_refused(tmp_path):
+    """No Slurm needed (no job is submitted): the job script's workers leave 2 minutes before the walltime, at
+    most half of it; a walltime or a worker_start_timeout that means nothing is refused in one line."""
+    scripts = {}
+    for walltime in ("00:30:00", "1", "2-0", "90:00"):
+        (tmp_path / "f.yaml").write_text(yaml.safe_dump({"slurm": {"cores": 1, "memory": "1GB", "jobs": 0, "walltime": walltime}}))
+        with cluster_from_file(tmp_path / "f.yaml", tmp_path / "jobs") as cluster:
+            scripts[walltime] = cluster.job_script().split("--lifetime ", 1)[1].split()[0]
+    assert scripts == {"00:30:00": "1680s", "1": "30s", "2-0": "172680s", "90:00": "5280s"}
+    for bad, message in ((dict(walltime="soon"), "walltime 'soon' is not"), (dict(worker_start_timeout=0), "worker_start_timeout must be")):
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"slurm": {"cores": 1, "memory": "1GB", "jobs": 0, **bad}}))
+        with pytest.raises(ValueError, match=message):
+            with cluster_from_file(tmp_path / "bad.yaml", tmp_path / "jobs"):
+                pass

@@ -57,6 +57,9 @@ WORKER_START_TIMEOUT_S = 180.0
 held, no free node, an inactive queue) before it fails."""
 JOB_CHECK_S = 2.0
 """How often a run waiting on a cluster file's jobs checks that it still has them."""
+REPLACEMENTS_WITHOUT_PROGRESS = 3
+"""Per job the run keeps: that many jobs in a row ending while no partition finishes fail the run (a partition
+longer than a job's worker lifetime would otherwise go from job to job forever)."""
 LIFETIME_MARGIN_S = 120.0
 """A batch job's workers leave this long before its walltime (at most half of it): the job's start, the
 worker's imports and the batch system's own check interval (Slurm's: 30 s) fit in it."""
@@ -165,8 +168,8 @@ def batch_cluster(path: Path, job_folder: Path, adaptive: bool = False) -> Itera
     are the cluster class's arguments; ``processes`` defaults to ``cores``: single-threaded workers), started,
     then closed (its jobs cancelled); with the ``JobKeeper`` that a run waiting on it calls. ``worker_start_timeout``
     (seconds, default ``WORKER_START_TIMEOUT_S``): how long the run may have no worker before it fails. With a
-    ``walltime``, the workers leave ``LIFETIME_MARGIN_S`` before it (dask's ``--lifetime``), so that their tasks
-    go to a fresh job instead of being killed.
+    ``walltime``, the workers leave ``LIFETIME_MARGIN_S`` before it (dask's ``--lifetime``, counted from the
+    worker's start), so that their tasks go to a fresh job instead of being killed.
 
     ``job_folder`` (on the shared filesystem) takes the jobs' logs, unless the file sets ``log_directory``, and,
     while the cluster runs, the workers' TLS credentials: every connection is TLS with credentials made for this
@@ -268,7 +271,8 @@ class JobKeeper:
     """What a run waiting on a batch cluster's workers checks (``check``, every poll): a job whose workers all left
     (cancelled, preempted, its walltime reached) is replaced, so the run keeps ``jobs`` jobs (dask-jobqueue's
     ``scale`` alone does not notice); a run that has had no worker for ``start_timeout_s`` (its jobs held, no free
-    node, an inactive queue) fails in one line with the batch system's pending reason, instead of waiting forever.
+    node, an inactive queue) fails in one line with the batch system's pending reason, instead of waiting forever;
+    so does a run whose jobs keep ending while no partition finishes (``REPLACEMENTS_WITHOUT_PROGRESS``).
 
     A job counts as gone when none of its workers was connected for dask's ``lost-worker-timeout`` (the rule dask
     itself applies to a lost worker's job)."""
@@ -282,9 +286,13 @@ class JobKeeper:
         self._asked: set[str] = set()  # jobs asked for again, not yet submitted
         self._left: dict[str, float] = {}  # those jobs with no worker now: since when
         self._no_worker_since = self._checked = time.monotonic()
+        self._finished, self._replaced = 0, 0  # partitions finished; jobs replaced since the last one did
 
-    def check(self) -> None:
+    def check(self, finished: int) -> None:
+        """``finished``: how many of the run's partitions have finished so far."""
         now = time.monotonic()
+        if finished != self._finished:
+            self._finished, self._replaced = finished, 0
         if now - self._checked < JOB_CHECK_S:
             return
         self._checked = now
@@ -311,6 +319,11 @@ class JobKeeper:
         self._seen.discard(name)
         self._left.pop(name, None)
         self._asked.add(name)
+        self._replaced += 1
+        if self._replaced > REPLACEMENTS_WITHOUT_PROGRESS * self.jobs:
+            raise RuntimeError(f"cluster file {self.path}: {self._replaced} batch jobs ended (cancelled, preempted or at "
+                               "their walltime) while no partition finished: is a partition longer than a job's "
+                               "walltime (less the workers' margin, LIFETIME_MARGIN_S)? Give the jobs a longer walltime")
         self.cluster.sync(self._forget, name)
         self.cluster.scale(jobs=self.jobs)  # submits a job for each name in the plan that has none
 
@@ -453,9 +466,10 @@ def run_on_worker(request: PartitionRequest, channel: RunChannel) -> PartitionOu
 
 class ClusterDispatch:
     """Every partition a task on ``client``'s cluster, all submitted at once; outcomes as they finish. ``watch``,
-    called at every poll while it waits, may raise to end the run (a batch cluster's ``JobKeeper.check``)."""
+    called at every poll while it waits with the number of partitions finished, may raise to end the run (a batch
+    cluster's ``JobKeeper.check``)."""
 
-    def __init__(self, client, channel: RunChannel, cpu_threads: int | None, watch: Callable[[], None] | None = None) -> None:
+    def __init__(self, client, channel: RunChannel, cpu_threads: int | None, watch: Callable[[int], None] | None = None) -> None:
         self.client, self.channel, self.cpu_threads, self.watch = client, channel, cpu_threads, watch
         self._futures: list = []
 
@@ -474,6 +488,7 @@ class ClusterDispatch:
         ]
         keys = {future.key: request.key for future, request in zip(self._futures, requests)}
         finished, renewed = as_completed(self._futures, loop=self.client.loop), time.monotonic()
+        done = 0
         while True:
             for key, epoch, loss in progress.get(batch=True):
                 on_epoch(key, epoch, loss)
@@ -482,11 +497,16 @@ class ClusterDispatch:
                 renewed = time.monotonic()
             ready = finished.next_batch(block=False)
             for future in ready:
-                yield self._outcome(future, keys[future.key])
+                outcome = self._outcome(future, keys[future.key])
+                # Forget it: a result held on a worker whose job then ends would be computed again.
+                self._futures.remove(future)
+                future.release()
+                yield outcome
+            done += len(ready)
             if finished.is_empty():
                 break
             if self.watch:
-                self.watch()
+                self.watch(done)
             if not ready:
                 time.sleep(POLL_S)
         for key, epoch, loss in progress.get(batch=True):  # the last epochs of the last partition
