@@ -27,7 +27,7 @@ from fly64_assets.core.partition import worker_identity
 from fly64_assets.defs.compute import CLUSTER_JOBS_FOLDER, DASK_CLUSTER_FILE_ENV
 from fly64_assets.defs.reconstruction.partitions import STUDY_PARTITIONS
 from fly64_assets.lib.cluster_preflight import SHARED_ARTIFACT_ROOT_ENV, SHARED_INPUT_ROOTS_ENV
-from fly64_assets.lib.dask_compute import cluster_from_file
+from fly64_assets.lib.dask_compute import batch_cluster, cluster_from_file
 from fly64_assets_tests.dagster_dev import (
     TERMINATE_RUN, DagsterDev, launch_run, run_ui_backfill, study_environment, wait_for_run,
 )
@@ -366,6 +366,25 @@ def test_jobs_that_never_start_fail_the_run_in_one_line_with_slurms_reason(slurm
     (line,) = [line for line in output.splitlines() if "worker_start_timeout" in line]
     assert f"no dask worker for {NEVER_START_TIMEOUT_S} s" in line and f"queue {slurm.partition} (JobHeldUser)" in line, output
     assert NEVER_START_TIMEOUT_S <= seconds < NEVER_START_TIMEOUT_S + 60
+    _squeue_empty_within(slurm, SQUEUE_EMPTY_WITHIN_S)
+
+
+def test_a_queue_set_down_fails_the_wait_naming_it_and_slurms_reason(slurm, tmp_path, monkeypatch):
+    """The queue closed (``scontrol update ... State=DOWN``: jobs queue, none starts): the cluster's job keeper
+    fails after ``worker_start_timeout`` naming the queue and ``(PartitionDown)``; the job is cancelled."""
+    for name, value in slurm.env.items():
+        monkeypatch.setenv(name, value)
+    down = tmp_path / "down.yaml"
+    down.write_text(documented_cluster_file().replace("slurm:\n", "slurm:\n  worker_start_timeout: 5\n", 1))
+    slurm.command("scontrol", "update", f"PartitionName={slurm.partition}", "State=DOWN")
+    try:
+        with pytest.raises(RuntimeError, match=rf"no dask worker for 5 s .* queue {slurm.partition} \(PartitionDown\); cancelled$"):
+            with batch_cluster(down, tmp_path / "jobs") as (_, keeper):
+                while True:
+                    keeper.check(0)
+                    time.sleep(0.2)
+    finally:
+        slurm.command("scontrol", "update", f"PartitionName={slurm.partition}", "State=UP")
     _squeue_empty_within(slurm, SQUEUE_EMPTY_WITHIN_S)
 
 
