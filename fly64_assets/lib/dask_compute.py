@@ -22,7 +22,9 @@ so the six candidates run at once on whichever workers are free, then the final 
 A task learns that its run is over in two ways, checked every epoch: the run sets its cancel ``Event``
 (terminated, or its step failed), or the run's lease ``Variable`` stops changing for ``lease_timeout_s`` (the
 run process was killed and cannot say so). A worker killed mid-task (SIGKILL, out of memory) costs its
-partition one retry on another worker.
+partition one retry on another worker. A batch cluster's run keeps its jobs (``JobKeeper``): a job that ends
+(cancelled, preempted, at its walltime) is replaced and its partition runs again; jobs that never start fail the
+run after ``worker_start_timeout``.
 """
 
 from __future__ import annotations
