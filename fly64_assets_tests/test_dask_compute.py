@@ -340,7 +340,9 @@ def test_a_worker_killed_mid_task_costs_its_partition_a_retry_and_the_others_fin
     assert outcome.success, outcome.error
     record = _record(study, "1000|baseline_train")
     assert record["worker"]["pid"] != killed["pid"] and len(record["options"]) and record["n_patterns"] > 0
-    client.wait_for_workers(2, timeout=120)  # the nanny restarted the killed worker
+    # the nanny restarted the killed worker; its new process imports torch and pty-chi again, which took over 120 s
+    # while the rest of the suite loaded both cores (alone: a few seconds)
+    client.wait_for_workers(2, timeout=240)
 
 
 def _materialize_command(paths: StudyPaths, key: str, epochs: int, lease_timeout_s: float | None = None,
